@@ -1,0 +1,85 @@
+"""Bias correction of the moment estimates (Algorithm 1, lines 9-10; Sec. 3).
+
+Reference: Kingma & Ba, ICLR 2015, Sec. 3 "Initialization bias correction".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from adamjax import _validate
+from adamjax.base import (
+    CompositionError,
+    EmptyState,
+    GradientTransformation,
+    expect_moments,
+)
+
+
+def _correction(beta: Any, count: jax.Array, dtype: Any, enabled: Any) -> jax.Array:
+    """``1 - beta**t`` in ``dtype`` (or 1 where correction is switched off)."""
+    t = count.astype(dtype)
+    c = 1 - beta**t
+    if enabled is True:
+        return c
+    return jnp.where(enabled, c, jnp.ones_like(c))
+
+
+def bias_correct(b1: Any = 0.9, b2: Any = 0.999, *, enabled: Any = True) -> GradientTransformation:
+    r"""Divide the moments by their initialisation bias (Algorithm 1, lines 9-10).
+
+    .. math::
+        \hat m_t = \frac{m_t}{1 - \beta_1^t}, \qquad \hat v_t = \frac{v_t}{1 - \beta_2^t}
+
+    For AdaMax moments (``kind="inf_norm"``) only :math:`m_t` is corrected (Algorithm 2).
+    With the decaying :math:`\beta_{1,t}` of Sec. 4 the correction keeps the paper's
+    :math:`1 - \beta_1^t` (Algorithm 1 unchanged).
+
+    Args:
+      b1, b2: the decay rates used by the moment estimator, each in [0, 1).
+      enabled: ``True`` (default), or a boolean JAX array, possibly traced, so that one
+        compiled program can hold corrected and uncorrected runs (``jnp.where``). Pass
+        ``False`` only through the alias; to drop correction, leave this primitive out.
+
+    Returns:
+      A stateless transformation from :class:`Moments` to corrected :class:`Moments`.
+    """
+    fn = "bias_correct"
+    _validate.check_beta(fn, "b1", b1)
+    _validate.check_beta(fn, "b2", b2)
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        m = expect_moments(
+            fn, updates, "Put scale_by_moments (or scale_by_inf_moment) before bias_correct."
+        )
+        if m.kind == "sum_sq":
+            raise CompositionError(
+                "bias_correct received AdaGrad's running sum of squares "
+                "(from scale_by_sum_of_squares), which has no initialisation bias; "
+                "remove bias_correct from this chain."
+            )
+        if m.corrected:
+            raise CompositionError(
+                "bias_correct received Moments that are already bias-corrected; "
+                "it appears twice in the chain."
+            )
+
+        def corr_mu(mu):
+            return mu / _correction(b1, m.count, jnp.finfo(mu.dtype).dtype, enabled)
+
+        mu = jax.tree.map(corr_mu, m.mu)
+        if m.kind == "inf_norm":
+            nu = m.nu
+        else:
+            nu = jax.tree.map(lambda v: v / _correction(b2, m.count, v.dtype, enabled), m.nu)
+        return m.replace(mu=mu, nu=nu, corrected=True), state
+
+    return GradientTransformation(init, update)
