@@ -1,0 +1,84 @@
+"""Results of a run: ``results.json`` (per grid point and best per optimizer) and CSV curves."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from adamjax.grid import Grid
+
+from experiments.optimizers import OPTIMIZERS
+
+__all__ = ["summarize", "write", "best_index"]
+
+
+def _num(x: Any) -> float | None:
+    """A JSON-safe float: NaN and infinities become ``None``."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def best_index(epoch_loss: np.ndarray, diverged: np.ndarray) -> int | None:
+    """The config with the lowest final-epoch training loss among those that did not diverge."""
+    last = np.where(diverged, np.inf, epoch_loss[:, -1])
+    last = np.where(np.isfinite(last), last, np.inf)
+    return None if not np.isfinite(last).any() else int(np.argmin(last))
+
+
+def summarize(name: str, grid: Grid, curves: dict[str, np.ndarray], cfg, n_train: int) -> dict[str, Any]:
+    """The JSON entry of one optimizer: every grid point plus the best one (by training loss)."""
+    points = []
+    for i, hp in enumerate(grid.configs()):
+        point = {
+            "index": i,
+            "hparams": hp,
+            "epoch_train_loss": [_num(v) for v in curves["epoch_loss"][i]],
+            "epoch_test_loss": [_num(v) for v in curves["test_loss"][i]],
+            "epoch_test_acc": [_num(v) for v in curves["test_acc"][i]],
+            "final_train_loss": _num(curves["final_train_loss"][i]),
+            "final_train_nll": _num(curves["final_train_nll"][i]),
+            "test_loss": _num(curves["final_test_loss"][i]),
+            "test_accuracy": _num(curves["final_test_acc"][i]) if cfg.model != "vae" else None,
+            "diverged": bool(curves["diverged"][i]),
+        }
+        for e in cfg.report_epochs:
+            if e <= cfg.epochs:
+                point[f"train_loss_epoch_{e}"] = _num(curves["epoch_loss"][i, e - 1])
+        points.append(point)
+    best = best_index(curves["epoch_loss"], curves["diverged"])
+    return {
+        "label": OPTIMIZERS[name].label,
+        "swept": list(grid.swept),
+        "iterations_per_epoch": n_train // cfg.batch_size,
+        "best": None if best is None else {**points[best], "iter_train_loss": [_num(v) for v in curves["iter_loss"][best]]},
+        "grid": points,
+    }
+
+
+def write(out: Path, report: dict[str, Any]) -> None:
+    """Write ``results.json`` and ``curves/<variant>_<optimizer>_{epochs,iters}.csv``."""
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    curves_dir = out / "curves"
+    curves_dir.mkdir(exist_ok=True)
+    for variant, per_opt in report["variants"].items():
+        for opt, entry in per_opt.items():
+            with open(curves_dir / f"{variant}_{opt}_epochs.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["grid_index", *entry["swept"], "epoch", "train_loss", "test_loss", "test_acc", "best"])
+                best = entry["best"]["index"] if entry["best"] else -1
+                for p in entry["grid"]:
+                    swept = [p["hparams"][k] for k in entry["swept"]]
+                    for e, (tr, te, acc) in enumerate(
+                        zip(p["epoch_train_loss"], p["epoch_test_loss"], p["epoch_test_acc"], strict=True)
+                    ):
+                        w.writerow([p["index"], *swept, e + 1, tr, te, acc, int(p["index"] == best)])
+            if entry["best"]:
+                with open(curves_dir / f"{variant}_{opt}_iters.csv", "w", newline="") as f:
+                    w = csv.writer(f)
+                    w.writerow(["iteration", "train_loss"])
+                    for it, loss in enumerate(entry["best"]["iter_train_loss"]):
+                        w.writerow([it + 1, loss])

@@ -1,0 +1,220 @@
+"""Training: a pure train step, an epoch as one ``lax.scan``, the grid as one ``jax.vmap``.
+
+``train_step(state, batch, rng, hp)`` is a pure function of arrays (sharding-ready). An epoch
+shuffles the on-device dataset with its own permutation per config and scans the train step
+over the minibatches; :func:`make_epoch_fn` vmaps that over the configs of a grid chunk and
+jit-compiles it with the train state donated. :func:`train_chunk` runs the epochs with
+checkpoints and returns the curves.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import adamjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from experiments import optimizers
+from experiments.batching import DeviceData
+from experiments.checkpoint import Checkpointer
+from experiments.tasks import Task
+
+__all__ = ["TrainState", "Job", "make_train_step", "make_epoch_fn", "make_eval_fn", "train_chunk"]
+
+_SHUFFLE, _NOISE = 0, 1
+
+
+class TrainState(NamedTuple):
+    """What changes during training, for one config (leading config axis when vmapped)."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+
+
+@dataclass(frozen=True)
+class Job:
+    """Static settings of one training job (one optimizer on one task): the jit cache key."""
+
+    task: Task
+    optimizer: str
+    schedule: str
+    batch_size: int
+    epochs: int
+    seed: int
+    checkpoint_every: int = 1
+
+
+def make_train_step(task: Task, optimizer: str, schedule: str) -> Callable:
+    """``train_step(state, batch, rng, hp) -> (state, loss)``: one optimizer update."""
+
+    def train_step(state: TrainState, batch, rng, hp):
+        x, y = batch
+        loss, grads = jax.value_and_grad(task.cost)(state.params, x, y, rng, True)
+        tx = optimizers.build(optimizer, hp, schedule)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = adamjax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.step + 1), loss
+
+    return train_step
+
+
+def init_state(task: Task, optimizer: str, schedule: str, params: Any, hp) -> TrainState:
+    """The initial state of one config (vmap it over ``hp`` for a grid)."""
+    tx = optimizers.build(optimizer, hp, schedule)
+    return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+
+def _to_float(x_uint8: jax.Array) -> jax.Array:
+    return x_uint8.astype(jnp.float32) / 255.0
+
+
+@functools.lru_cache(maxsize=32)
+def make_epoch_fn(task: Task, optimizer: str, schedule: str, batch_size: int, n_train: int):
+    """Jitted, vmapped ``epoch(states, keys, hp, epoch, x, y) -> (states, losses[N, steps])``.
+
+    ``keys[i]`` is config ``i``'s RNG stream: the epoch's shuffle and every step's dropout or
+    latent noise are derived from it by ``fold_in``. ``states`` is donated.
+    """
+    train_step = make_train_step(task, optimizer, schedule)
+    steps = n_train // batch_size
+
+    def epoch(state, key, hp, epoch_idx, x, y):
+        perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, _SHUFFLE), epoch_idx), n_train)
+        batches = perm[: steps * batch_size].reshape(steps, batch_size)
+        noise_key = jax.random.fold_in(key, _NOISE)
+
+        def body(state, idx):
+            rng = jax.random.fold_in(noise_key, state.step)
+            return train_step(state, (_to_float(x[idx]), y[idx]), rng, hp)
+
+        return jax.lax.scan(body, state, batches)
+
+    vmapped = jax.vmap(epoch, in_axes=(0, 0, 0, None, None, None))
+    return jax.jit(vmapped, donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=32)
+def make_eval_fn(task: Task, eval_batch_size: int):
+    """Jitted, vmapped ``evaluate(params, x, y, w) -> (mean loss[N], accuracy[N], penalty[N])``.
+
+    ``x, y, w`` are padded to a multiple of ``eval_batch_size``; ``w`` is 1 on real examples.
+    """
+
+    def evaluate(params, x, y, w):
+        k = x.shape[0] // eval_batch_size
+
+        def body(carry, inp):
+            xb, yb, wb = inp
+            loss, correct = task.evaluate(params, _to_float(xb), yb)
+            return (carry[0] + jnp.sum(loss * wb), carry[1] + jnp.sum(correct * wb)), None
+
+        split = lambda a: a.reshape(k, eval_batch_size, *a.shape[1:])
+        zero = jnp.zeros((), jnp.float32)
+        (loss, correct), _ = jax.lax.scan(body, (zero, zero), (split(x), split(y), split(w)))
+        n = jnp.sum(w)
+        return loss / n, correct / n, task.penalty(params)
+
+    return jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None)))
+
+
+def config_keys(seed: int, config_ids) -> jax.Array:
+    """Per-config RNG streams: ``fold_in(PRNGKey(seed), global config index)``."""
+    base = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(config_ids, jnp.uint32))
+
+
+def initial_states(job: Job, hp: dict[str, np.ndarray], n: int) -> TrainState:
+    """Same initial parameters for every config (``init(PRNGKey(seed))``), per-config optimizer states."""
+    params = job.task.init(jax.random.PRNGKey(job.seed))
+    stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n, *p.shape)), params)
+    init = functools.partial(init_state, job.task, job.optimizer, job.schedule)
+    return jax.jit(jax.vmap(init))(stacked, hp)
+
+
+def train_chunk(
+    job: Job,
+    data: DeviceData,
+    hp: dict[str, np.ndarray],
+    config_ids: np.ndarray,
+    checkpointer: Checkpointer | None = None,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    desc: str = "",
+) -> dict[str, np.ndarray] | None:
+    """Train the configs ``hp`` (arrays of equal length N) together; return their curves.
+
+    Returns ``{'iter_loss': [N, epochs*steps], 'epoch_loss': [N, epochs], 'test_loss',
+    'test_acc': [N, epochs], 'final_train_nll', 'final_train_loss', 'final_test_loss',
+    'final_test_acc': [N], 'diverged': [N] bool}``. With ``resume`` it continues from the
+    checkpointer's latest complete checkpoint. ``stop_after`` ends early after that epoch
+    (returning ``None``), as if the run had been interrupted.
+    """
+    n = len(config_ids)
+    hp = {k: jnp.asarray(v) for k, v in hp.items()}
+    epoch_fn = make_epoch_fn(job.task, job.optimizer, job.schedule, job.batch_size, data.n_train)
+    eval_fn = make_eval_fn(job.task, data.eval_batch)
+    steps = data.n_train // job.batch_size
+    if steps < 1:
+        raise ValueError(f"batch size {job.batch_size} is larger than the {data.n_train} training examples")
+    keys = config_keys(job.seed, config_ids)
+    state = initial_states(job, hp, n)
+    nan = lambda *shape: np.full(shape, np.nan, np.float32)
+    hist = {
+        "iter_loss": nan(n, job.epochs * steps),
+        "epoch_loss": nan(n, job.epochs),
+        "test_loss": nan(n, job.epochs),
+        "test_acc": nan(n, job.epochs),
+    }
+    start = 0
+    if resume and checkpointer is not None and (latest := checkpointer.latest()) is not None:
+        restored = checkpointer.restore(latest, {"state": state, "hist": hist})
+        state = jax.tree.map(jnp.asarray, restored["state"])
+        hist, start = restored["hist"], latest
+    bar = tqdm(total=job.epochs, initial=start, desc=desc or job.optimizer, unit="epoch", leave=False)
+    try:
+        for epoch in range(start, job.epochs):
+            state, losses = epoch_fn(state, keys, hp, jnp.int32(epoch), data.x_train, data.y_train)
+            test_loss, test_acc, _ = eval_fn(state.params, data.x_test, data.y_test, data.w_test)
+            losses = np.asarray(losses)
+            hist["iter_loss"][:, epoch * steps : (epoch + 1) * steps] = losses
+            hist["epoch_loss"][:, epoch] = losses.mean(axis=1)
+            hist["test_loss"][:, epoch] = np.asarray(test_loss)
+            hist["test_acc"][:, epoch] = np.asarray(test_acc)
+            done = epoch + 1
+            if checkpointer is not None and (done % job.checkpoint_every == 0 or done == job.epochs):
+                checkpointer.save(done, {"state": state, "hist": hist})
+            finite = hist["epoch_loss"][:, epoch][np.isfinite(hist["epoch_loss"][:, epoch])]
+            bar.set_postfix(best=f"{finite.min():.4g}" if finite.size else "nan")
+            bar.update(1)
+            if stop_after is not None and done >= stop_after and done < job.epochs:
+                return None
+    finally:
+        bar.close()
+    train_nll, _, penalty = eval_fn(state.params, data.x_train_eval, data.y_train_eval, data.w_train_eval)
+    test_loss, test_acc, _ = eval_fn(state.params, data.x_test, data.y_test, data.w_test)
+    out = dict(hist)
+    out["final_train_nll"] = np.asarray(train_nll)
+    out["final_train_loss"] = np.asarray(train_nll + penalty)
+    out["final_test_loss"] = np.asarray(test_loss)
+    out["final_test_acc"] = np.asarray(test_acc)
+    finite = np.isfinite(out["iter_loss"]).all(axis=1) & np.isfinite(out["final_train_loss"])
+    out["diverged"] = ~finite
+    return out
+
+
+def bytes_per_config(job: Job, activation_floats: int) -> int:
+    """Rough memory of one config in a vmapped chunk: state, gradients, and activations."""
+    hp = {k: jnp.zeros(()) for k in ()}
+    shapes = jax.eval_shape(
+        lambda: init_state(job.task, job.optimizer, job.schedule, job.task.init(jax.random.PRNGKey(0)), hp)
+    )
+    state_bytes = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in jax.tree.leaves(shapes))
+    return 3 * state_bytes + 4 * job.batch_size * activation_floats * 3
