@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from adamjax.sharding import constrain
+
 __all__ = [
     "DATA",
     "add_device_arguments",
@@ -106,15 +108,24 @@ def _spec_at(dim: int, axis: str) -> PartitionSpec:
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
-    """Put a full copy of every leaf of ``tree`` on every device of ``mesh``."""
-    return jax.device_put(tree, _sharding(mesh, PartitionSpec()))
+    """Put a full copy of every leaf of ``tree`` on every device of ``mesh``.
+
+    The copies are new buffers, so donating the result to a step (:func:`data_parallel`
+    donates the state) never invalidates ``tree`` itself. (``jax.device_put`` alone reuses
+    the source buffer for the source device's copy, even with ``may_alias=False``.)
+    """
+    fresh = jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, tree)
+    return jax.device_put(fresh, _sharding(mesh, PartitionSpec()))
 
 
 def shard_batch(batch: PyTree, mesh: Mesh, axis: str = DATA, *, batch_dim: int = 0) -> PyTree:
     """Split every leaf of ``batch`` along ``batch_dim`` over the mesh axis ``axis``.
 
+    Works on host arrays (a ``jax.device_put``: each device receives its ``B / N``
+    examples) and inside ``jax.jit`` (a sharding constraint: a batch gathered from a
+    replicated on-device dataset is then sliced locally, without communication).
     ``batch_dim=1`` suits a stack of minibatches ``[steps, batch, ...]`` scanned over.
-    Each device receives ``B / N`` examples; ``B`` must be divisible by ``N``.
+    ``B`` must be divisible by ``N``.
     """
     n = mesh.shape[axis]
 
@@ -125,7 +136,7 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis: str = DATA, *, batch_dim: int =
                 f"a batch dimension of {size} cannot be split over {n} devices; use a batch "
                 f"size divisible by {n} (e.g. {math.ceil(size / n) * n})."
             )
-        return jax.device_put(x, _sharding(mesh, _spec_at(batch_dim, axis)))
+        return constrain(x, _sharding(mesh, _spec_at(batch_dim, axis)))
 
     return jax.tree.map(one, batch)
 
@@ -172,10 +183,11 @@ def data_parallel(
 ) -> Callable[..., tuple[PyTree, PyTree]]:
     """Jit a pure ``step(state, batch, rng, *rest) -> (state, metrics)`` data-parallel.
 
-    ``batch`` is split along ``batch_dim`` over ``axis``; ``state``, ``rng``, ``rest`` and the
-    metrics are replicated, unless ``state_sharding`` (a tree of shardings for the state,
-    e.g. a ZeRO-1 layout from ``adamjax.sharding.zero1``) says otherwise. The returned
-    state keeps the input state's layout. ``step`` must average its loss over the whole
+    ``batch`` is split along ``batch_dim`` over ``axis``; ``rng``, ``rest`` and the metrics
+    are replicated. The state keeps the layout it arrives with (read from the first call's
+    arrays: leaves already on ``mesh`` keep their ``NamedSharding``, e.g. ZeRO-1 moments
+    from ``adamjax.sharding.zero1(...).init``; anything else is replicated), or
+    ``state_sharding`` if given. ``step`` must average its loss over the whole
     batch it is given (it sees the global batch; XLA does the splitting), so its gradients
     are the single-device ones, all-reduced.
 
@@ -184,12 +196,24 @@ def data_parallel(
     """
     replicated = _sharding(mesh, PartitionSpec())
     batch_sharding = _sharding(mesh, _spec_at(batch_dim, axis))
-    state_sh = replicated if state_sharding is None else state_sharding
     compiled: dict[int, Callable[..., Any]] = {}
+
+    def layout_of(state: PyTree) -> PyTree:
+        if state_sharding is not None:
+            return state_sharding
+
+        def one(x: Any) -> NamedSharding:
+            sh = getattr(x, "sharding", None)
+            if isinstance(sh, NamedSharding) and sh.mesh == mesh:
+                return sh
+            return replicated
+
+        return jax.tree.map(one, state)
 
     def run(state: PyTree, batch: PyTree, rng: Any, *rest: Any) -> tuple[PyTree, PyTree]:
         fn = compiled.get(len(rest))
         if fn is None:
+            state_sh = layout_of(state)
             fn = jax.jit(
                 step,
                 in_shardings=(state_sh, batch_sharding, replicated) + (replicated,) * len(rest),
