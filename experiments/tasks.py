@@ -69,7 +69,8 @@ def _classifier(name: str, module: nn.Module, weight_decay: float, image_shape, 
         return module.init({"params": rng}, prep(dummy))["params"]
 
     def cost(params, x, y, rng, train=True):
-        logits = module.apply({"params": params}, prep(x), train=train, rngs={"dropout": rng})
+        rngs = {} if rng is None else {"dropout": rng}
+        logits = module.apply({"params": params}, prep(x), train=train, rngs=rngs)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return nll + penalty(params)
 

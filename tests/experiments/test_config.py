@@ -1,0 +1,64 @@
+"""experiments.config: every shipped config loads; bad keys, types and ranges are rejected."""
+
+import pytest
+
+from experiments import cli
+from experiments.config import ConfigError, available, from_dict, load_config
+
+BASE = {"model": "logreg", "epochs": 2, "optimizers": {"adam": {"learning_rate": [1e-3, 1e-2]}}}
+
+
+@pytest.mark.parametrize("name", ["fig1_logreg", "fig2_mlp", "fig3_cnn", "fig4_bias_correction"])
+@pytest.mark.parametrize("quick", [False, True])
+def test_shipped_configs_load(name, quick):
+    cfg = load_config(name, quick=quick)
+    assert cfg.name == name and cfg.optimizers
+    assert name in available()
+
+
+def test_quick_overrides_and_fig4_grid():
+    full, quick = load_config("fig4_bias_correction"), load_config("fig4_bias_correction", quick=True)
+    assert full.epochs == 100 and full.report_epochs == (10, 100) and quick.epochs < full.epochs
+    adam = full.optimizers["adam"]
+    assert adam["bias_correction"] == [True, False] and adam["b2"] == [0.99, 0.999, 0.9999]
+    assert [v for v in adam["learning_rate"]] == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    fig2 = load_config("fig2_mlp")
+    assert [name for name, _ in fig2.variant_configs()] == ["dropout", "deterministic"]
+    assert set(fig2.optimizers) == {"adam", "adagrad", "rmsprop", "sgd_nesterov", "adadelta"}
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"epochz": 3}, "unknown key 'epochz'"),
+        ({"epochs": "3"}, "'epochs' must be of type int"),
+        ({"epochs": 0}, "'epochs' = 0 must be >= 1"),
+        ({"dropout": 1.5}, "'dropout' = 1.5 must be in"),
+        ({"model": "resnet"}, "'model' = 'resnet' must be one of"),
+        ({"optimizers": {"adam": {"lr": 0.1}}}, "unknown key 'optimizers.adam.lr'"),
+        ({"optimizers": {"adam": {"b1": [0.9, 1.0]}}}, "optimizers.adam.b1: 1.0 out of range"),
+        ({"optimizers": {"adam": {"learning_rate": -1.0}}}, "optimizers.adam.learning_rate: -1.0 out of range"),
+        ({"optimizers": {"adam": {"bias_correction": 1}}}, "optimizers.adam.bias_correction: expected true/false"),
+        ({"optimizers": {"lion": {}}}, "unknown optimizer 'lion'"),
+        ({"quick": {"epochs": -1}}, "'epochs' = -1 must be >= 1"),
+        ({"variants": {"a": {"plot": "curves"}}}, "unknown key 'plot'"),
+    ],
+)
+def test_bad_values_are_named(patch, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        from_dict("t", {**BASE, **patch})
+
+
+def test_cli_help_lists_experiments(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for name in ("fig1_logreg", "fig2_mlp", "fig3_cnn", "fig4_bias_correction", "--quick", "--resume"):
+        assert name in out
+
+
+def test_cli_reports_bad_config(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "logreg"\nepochz = 1\n[optimizers.adam]\nlearning_rate = 0.1\n')
+    assert cli.main([str(bad), "--out", str(tmp_path / "run")]) == 2
+    assert "unknown key 'epochz'" in capsys.readouterr().err

@@ -1,0 +1,109 @@
+"""experiments.data: IDX files the tests write (good, truncated, wrong magic/checksum, missing)."""
+
+import gzip
+import hashlib
+import struct
+
+import numpy as np
+import pytest
+
+from experiments import data
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_dataset(root, n_train=6, n_test=4, gz=True):
+    """A tiny dataset in root/mnist/; returns the MD5s of its uncompressed files."""
+    rng = np.random.default_rng(0)
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    md5 = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = data.DATASETS["mnist"].files[split]
+        for name, arr in ((images, rng.integers(0, 256, (n, 28, 28))), (labels, rng.integers(0, 10, n))):
+            raw = idx_bytes(arr)
+            md5[name] = hashlib.md5(raw).hexdigest()
+            if gz:
+                (folder / (name + ".gz")).write_bytes(gzip.compress(raw))
+            else:
+                (folder / name).write_bytes(raw)
+    return md5
+
+
+@pytest.fixture
+def isolated(monkeypatch, tmp_path):
+    """No env data dir, an empty cache dir, no downloads, and tiny-file checksums."""
+    monkeypatch.delenv("ADAMJAX_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("ADAMJAX_NO_DOWNLOAD", "1")
+    return tmp_path
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_reads_good_files_gz_or_raw(isolated, monkeypatch, gz):
+    md5 = write_dataset(isolated / "d", gz=gz)
+    spec = data.DATASETS["mnist"]
+    monkeypatch.setitem(data.DATASETS, "mnist", data.DatasetSpec(spec.folder, spec.files, md5))
+    x, y = data.load("mnist", "train", isolated / "d")
+    assert x.shape == (6, 28, 28) and x.dtype == np.uint8 and y.shape == (6,)
+    assert data.load("mnist", "test", isolated / "d")[0].shape == (4, 28, 28)
+
+
+def test_env_var_is_searched(isolated, monkeypatch):
+    write_dataset(isolated / "env")
+    monkeypatch.setenv("ADAMJAX_DATA_DIR", str(isolated / "env"))
+    assert data.search_dirs("mnist")[0] == isolated / "env" / "mnist"
+    x, _ = data.load("mnist", "test", verify=False)
+    assert x.shape == (4, 28, 28)
+
+
+def test_fashion_mnist_searches_debian_dir(isolated):
+    assert data.search_dirs("fashion_mnist")[-1].as_posix() == "/usr/share/datasets/fashion-mnist"
+
+
+def test_truncated_file(isolated):
+    write_dataset(isolated)
+    path = isolated / "mnist" / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[:-100]))
+    with pytest.raises(data.CorruptFileError, match="truncated.*train-images|train-images.*truncated"):
+        data.load("mnist", "train", isolated, verify=False)
+
+
+def test_truncated_gzip_stream(isolated):
+    write_dataset(isolated)
+    path = isolated / "mnist" / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(data.CorruptFileError, match="train-labels-idx1-ubyte.gz"):
+        data.load("mnist", "train", isolated, verify=False)
+
+
+def test_wrong_magic(isolated):
+    write_dataset(isolated, gz=False)
+    path = isolated / "mnist" / "t10k-images-idx3-ubyte"
+    path.write_bytes(b"\x1f\x8b\x00\x00" + path.read_bytes()[4:])
+    with pytest.raises(data.CorruptFileError, match="wrong magic"):
+        data.load("mnist", "test", isolated, verify=False)
+
+
+def test_wrong_checksum(isolated):
+    write_dataset(isolated)
+    with pytest.raises(data.ChecksumError, match="t10k-images-idx3-ubyte.gz.*expected 2646ac647ad5339dbf082846283269ea"):
+        data.load("mnist", "test", isolated)
+
+
+def test_missing_files_say_where_we_looked(isolated):
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.load("mnist", "train", isolated / "nowhere")
+    msg = str(info.value)
+    assert str(isolated / "nowhere" / "mnist") in msg and str(isolated / "cache" / "adamjax" / "mnist") in msg
+    assert "ADAMJAX_DATA_DIR" in msg and "train-images-idx3-ubyte" in msg
+
+
+def test_real_mnist_passes_official_checksums(mnist_arrays):
+    (xtr, ytr), (xte, yte) = mnist_arrays
+    assert xtr.shape == (60000, 28, 28) and xte.shape == (10000, 28, 28)
+    assert set(np.unique(ytr)) == set(range(10)) and yte.shape == (10000,)
