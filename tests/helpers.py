@@ -1,0 +1,75 @@
+"""Shared helpers for the core tests: run an optimizer over a gradient sequence."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import adamjax
+
+
+def random_tree(rng: np.random.Generator, dtype=np.float32):
+    """A small pytree of arrays of varied shapes (a scalar included)."""
+    return {
+        "dense": {
+            "w": rng.normal(size=(5, 3)).astype(dtype),
+            "b": rng.normal(size=(3,)).astype(dtype),
+        },
+        "scalar": np.asarray(rng.normal(), dtype),
+        "conv": [rng.normal(size=(2, 2, 1, 4)).astype(dtype)],
+    }
+
+
+def gradient_sequence(rng: np.random.Generator, tree, steps: int, dtype=np.float32):
+    """Gradients with a leading time axis: noisy, of changing scale, with some exact zeros."""
+
+    def leaf(x):
+        shape = (steps,) + np.shape(x)
+        g = rng.normal(size=shape) * np.exp(rng.normal(size=(steps,) + (1,) * np.ndim(x)))
+        g = g + 0.3 * rng.normal(size=(1,) + np.shape(x))  # a persistent mean
+        g[rng.random(shape) < 0.05] = 0.0
+        return g.astype(dtype)
+
+    return jax.tree.map(leaf, tree)
+
+
+def run(opt, params, grads_seq, *, jit: bool = True):
+    """Apply ``opt`` for every step of ``grads_seq``; return params after each step."""
+
+    def body(carry, g):
+        p, s = carry
+        u, s = opt.update(g, s, p)
+        p = adamjax.apply_updates(p, u)
+        return (p, s), p
+
+    def loop(params, grads_seq):
+        state = opt.init(params)
+        _, ps = jax.lax.scan(body, (params, state), grads_seq)
+        return ps
+
+    if jit:
+        return jax.jit(loop)(params, grads_seq)
+    state = opt.init(params)
+    p, out = params, []
+    steps = jax.tree.leaves(grads_seq)[0].shape[0]
+    for t in range(steps):
+        g = jax.tree.map(lambda x, t=t: x[t], grads_seq)
+        (p, state), _ = body((p, state), g)
+        out.append(p)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
+
+
+def assert_tree_close(actual, expected, rtol, atol):
+    """Leafwise ``np.testing.assert_allclose`` with the leaf's path in the message."""
+    flat_a = jax.tree_util.tree_flatten_with_path(actual)[0]
+    flat_e = jax.tree.leaves(expected)
+    assert len(flat_a) == len(flat_e)
+    for (path, a), e in zip(flat_a, flat_e, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(a, np.float64),
+            np.asarray(e, np.float64),
+            rtol=rtol,
+            atol=atol,
+            err_msg=jax.tree_util.keystr(path),
+        )

@@ -1,0 +1,116 @@
+"""Float64 NumPy transcriptions of the papers' algorithms, written independently of adamjax.
+
+Each function runs an optimizer on one array for a whole sequence of gradients and returns
+the parameters after every step, shape ``(T, *theta0.shape)``. They follow the papers line by
+line (Kingma & Ba 2015 Algorithms 1 and 2, Sec. 4 and 7.2; Duchi et al. 2011; Tieleman &
+Hinton 2012; Zeiler 2012), not adamjax's code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def adam(
+    theta0, grads, alpha, b1=0.9, b2=0.999, eps=1e-8, bias_correction=True, lam=1.0, alpha_fn=None
+):
+    """Algorithm 1 (with b1_t = b1 * lam^(t-1) from Sec. 4); alpha_fn(t) overrides alpha."""
+    theta = np.array(theta0, np.float64)
+    m = np.zeros_like(theta)  # Initialize 1st moment vector
+    v = np.zeros_like(theta)  # Initialize 2nd moment vector
+    out = []
+    for t, g in enumerate(grads, start=1):
+        g = np.asarray(g, np.float64)
+        b1t = b1 * lam ** (t - 1)
+        m = b1t * m + (1 - b1t) * g  # Update biased first moment estimate
+        v = b2 * v + (1 - b2) * g**2  # Update biased second raw moment estimate
+        if bias_correction:
+            m_hat = m / (1 - b1**t)  # Compute bias-corrected first moment estimate
+            v_hat = v / (1 - b2**t)  # Compute bias-corrected second raw moment estimate
+        else:
+            m_hat, v_hat = m, v
+        a = alpha if alpha_fn is None else alpha_fn(t)
+        theta = theta - a * m_hat / (np.sqrt(v_hat) + eps)  # Update parameters
+        out.append(theta.copy())
+    return np.stack(out)
+
+
+def adamax(theta0, grads, alpha=0.002, b1=0.9, b2=0.999, eps=1e-8):
+    """Algorithm 2 (eps added to u_t only to guard against division by zero)."""
+    theta = np.array(theta0, np.float64)
+    m = np.zeros_like(theta)
+    u = np.zeros_like(theta)  # exponentially weighted infinity norm
+    out = []
+    for t, g in enumerate(grads, start=1):
+        g = np.asarray(g, np.float64)
+        m = b1 * m + (1 - b1) * g
+        u = np.maximum(b2 * u, np.abs(g))
+        theta = theta - (alpha / (1 - b1**t)) * m / (u + eps)
+        out.append(theta.copy())
+    return np.stack(out)
+
+
+def adagrad(theta0, grads, alpha, eps=1e-8):
+    """theta -= alpha * g / sqrt(sum_{i<=t} g_i^2 + eps)."""
+    theta = np.array(theta0, np.float64)
+    s = np.zeros_like(theta)
+    out = []
+    for g in grads:
+        g = np.asarray(g, np.float64)
+        s = s + g**2
+        theta = theta - alpha * g / np.sqrt(s + eps)
+        out.append(theta.copy())
+    return np.stack(out)
+
+
+def rmsprop(theta0, grads, alpha, decay=0.9, eps=1e-8):
+    """v = decay v + (1 - decay) g^2; theta -= alpha g / sqrt(v + eps)."""
+    theta = np.array(theta0, np.float64)
+    v = np.zeros_like(theta)
+    out = []
+    for g in grads:
+        g = np.asarray(g, np.float64)
+        v = decay * v + (1 - decay) * g**2
+        theta = theta - alpha * g / np.sqrt(v + eps)
+        out.append(theta.copy())
+    return np.stack(out)
+
+
+def sgd(theta0, grads, alpha, momentum=0.0, nesterov=False):
+    """Heavy ball b = mu b + g; step g + mu b (Nesterov) or b."""
+    theta = np.array(theta0, np.float64)
+    b = np.zeros_like(theta)
+    out = []
+    for g in grads:
+        g = np.asarray(g, np.float64)
+        b = momentum * b + g
+        step = g + momentum * b if nesterov else b
+        theta = theta - alpha * step
+        out.append(theta.copy())
+    return np.stack(out)
+
+
+def adadelta(theta0, grads, alpha=1.0, rho=0.95, eps=1e-6):
+    """Zeiler 2012, Algorithm 1 (times an optional alpha)."""
+    theta = np.array(theta0, np.float64)
+    eg2 = np.zeros_like(theta)
+    edx2 = np.zeros_like(theta)
+    out = []
+    for g in grads:
+        g = np.asarray(g, np.float64)
+        eg2 = rho * eg2 + (1 - rho) * g**2
+        dx = -np.sqrt(edx2 + eps) / np.sqrt(eg2 + eps) * g
+        edx2 = rho * edx2 + (1 - rho) * dx**2
+        theta = theta + alpha * dx
+        out.append(theta.copy())
+    return np.stack(out)
+
+
+def temporal_average(thetas, b2=0.999):
+    """Sec. 7.2: theta_bar_t = b2 theta_bar + (1 - b2) theta_t, divided by 1 - b2^t."""
+    bar = np.zeros_like(thetas[0], dtype=np.float64)
+    out = []
+    for t, th in enumerate(thetas, start=1):
+        bar = b2 * bar + (1 - b2) * th
+        out.append(bar / (1 - b2**t))
+    return np.stack(out)

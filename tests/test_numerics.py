@@ -1,0 +1,130 @@
+"""Numerics users rely on: dtypes, complex parameters, None leaves, the step counter."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import adamjax
+from tests import reference as ref
+
+
+def _steps(opt, params, grads_list):
+    state = opt.init(params)
+    for g in grads_list:
+        u, state = opt.update(g, state, params)
+        params = adamjax.apply_updates(params, u)
+    return params, state
+
+
+def test_state_dtype_bfloat16_storage_float32_math():
+    params = {"w": jnp.linspace(-1, 1, 64, dtype=jnp.float32)}
+    rng = np.random.default_rng(1)
+    grads = [{"w": jnp.asarray(rng.normal(size=64), jnp.float32)} for _ in range(50)]
+    opt = adamjax.adam(1e-2, state_dtype=jnp.bfloat16)
+    state = opt.init(params)
+    assert state[0].mu["w"].dtype == jnp.bfloat16 and state[0].nu["w"].dtype == jnp.bfloat16
+    u, _ = opt.update(grads[0], state, params)
+    assert u["w"].dtype == jnp.float32  # math (and the update) in float32
+    p16, _ = _steps(opt, params, grads)
+    p32, _ = _steps(adamjax.adam(1e-2), params, grads)
+    want = ref.adam(np.asarray(params["w"]), [np.asarray(g["w"]) for g in grads], 1e-2)[-1]
+    np.testing.assert_allclose(p32["w"], want, atol=1e-5)
+    # bfloat16 keeps 8 bits of mantissa: moments are off by <= 2^-8 relative, so each step
+    # by well under 1% of alpha; after 50 steps the drift stays far below 50 * alpha.
+    err = np.max(np.abs(np.asarray(p16["w"]) - want))
+    assert 0 < err < 0.05 * 50 * 1e-2
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_params_update_in_float32_and_cast_back(dtype):
+    params = {"w": jnp.full((8,), 1.0, dtype)}
+    grads = {"w": jnp.full((8,), 0.25, dtype)}
+    opt = adamjax.adam(1e-3)
+    state = opt.init(params)
+    assert state[0].mu["w"].dtype == jnp.float32  # default state: float32 math and storage
+    u, state = opt.update(grads, state, params)
+    assert u["w"].dtype == jnp.float32
+    new = adamjax.apply_updates(params, u)
+    assert new["w"].dtype == dtype
+    # 1 - 1e-3 in float32 then rounded once to the parameter dtype.
+    np.testing.assert_array_equal(
+        np.asarray(new["w"], np.float32), np.asarray(jnp.asarray(1 - 1e-3, dtype), np.float32)
+    )
+
+
+def test_apply_updates_rounds_once_for_bfloat16():
+    p = jnp.asarray([1.0], jnp.bfloat16)
+    u = jnp.asarray([0.00390625 * 0.6], jnp.float32)  # 0.6 of a bfloat16 ulp at 1.0 (2^-7 / 2)
+    # Rounding u to bfloat16 first and adding in bfloat16 can differ from one float32 add.
+    out = adamjax.apply_updates(p, u)
+    assert out.dtype == jnp.bfloat16
+    assert float(out[0]) == float(jnp.asarray(1.0 + 0.00390625 * 0.6, jnp.bfloat16))
+
+
+def test_complex_parameters_use_squared_modulus():
+    rng = np.random.default_rng(3)
+    w0 = (rng.normal(size=5) + 1j * rng.normal(size=5)).astype(np.complex64)
+    gs = [(rng.normal(size=5) + 1j * rng.normal(size=5)).astype(np.complex64) for _ in range(20)]
+    opt = adamjax.adam(1e-2)
+    state = opt.init({"w": jnp.asarray(w0)})
+    assert state[0].nu["w"].dtype == jnp.float32 and state[0].mu["w"].dtype == jnp.complex64
+    p, _ = _steps(opt, {"w": jnp.asarray(w0)}, [{"w": jnp.asarray(g)} for g in gs])
+    # NumPy transcription with |g|^2 = g * conj(g).
+    theta, m, v = w0.astype(np.complex128), np.zeros(5, complex), np.zeros(5)
+    for t, g in enumerate(gs, start=1):
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * (g * np.conj(g)).real
+        theta = theta - 1e-2 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    np.testing.assert_allclose(np.asarray(p["w"]), theta, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        adamjax.adam,
+        adamjax.adamax,
+        adamjax.adagrad,
+        adamjax.rmsprop,
+        adamjax.sgd,
+        lambda lr: adamjax.sgd(lr, 0.9),
+        adamjax.adadelta,
+    ],
+)
+def test_none_leaves_and_empty_trees_pass_through(make):
+    opt = make(0.1)
+    params = {"a": jnp.ones(2), "frozen": None, "nested": {"b": jnp.ones(()), "c": None}}
+    grads = {"a": jnp.ones(2), "frozen": None, "nested": {"b": jnp.ones(()), "c": None}}
+    u, _ = jax.jit(opt.update)(grads, opt.init(params), params)
+    assert u["frozen"] is None and u["nested"]["c"] is None
+    assert u["a"].shape == (2,)
+    new = adamjax.apply_updates(params, u)
+    assert new["frozen"] is None
+    for empty in ({}, [], ()):
+        u, _ = jax.jit(opt.update)(empty, opt.init(empty), empty)
+        assert u == empty
+
+
+def test_step_counter_saturates_instead_of_overflowing():
+    params = {"w": jnp.ones(3)}
+    opt = adamjax.adam(1e-3)
+    state = opt.init(params)
+    big = jnp.asarray(jnp.iinfo(jnp.int32).max - 1, jnp.int32)
+    state = (state[0]._replace(count=big),) + tuple(state[1:])
+    g = {"w": jnp.array([1.0, -2.0, 0.5])}
+    for _ in range(3):
+        u, state = jax.jit(opt.update)(g, state, params)
+        assert int(state[0].count) == jnp.iinfo(jnp.int32).max
+        assert np.all(np.isfinite(np.asarray(u["w"])))
+        # Bias corrections are 1 at t ~ 2^31: the step is alpha * m/(sqrt(v)+eps), never huge.
+        assert np.all(np.abs(np.asarray(u["w"])) < 1e-2)
+
+
+def test_schedule_counter_saturates():
+    opt = adamjax.scale_by_lr(adamjax.inverse_sqrt_schedule(1.0))
+    state = adamjax.ScheduleState(count=jnp.asarray(jnp.iinfo(jnp.int32).max, jnp.int32))
+    u, state = opt.update(jnp.ones(2), state)
+    assert int(state.count) == jnp.iinfo(jnp.int32).max
+    assert np.all(np.asarray(u) < 0)

@@ -1,0 +1,104 @@
+"""jit vs eager, vmap over hyperparameters (including traced bias_correction)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import adamjax
+from tests.helpers import assert_tree_close, gradient_sequence, random_tree, run
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    params = random_tree(rng)
+    return params, gradient_sequence(rng, params, 40)
+
+
+FAMILY = {
+    "adam": lambda: adamjax.adam(1e-2),
+    "adam-no-bc": lambda: adamjax.adam(1e-2, bias_correction=False),
+    "adamax": lambda: adamjax.adamax(),
+    "adagrad": lambda: adamjax.adagrad(0.1),
+    "rmsprop": lambda: adamjax.rmsprop(1e-2),
+    "sgd-nesterov": lambda: adamjax.sgd(0.01, 0.9, nesterov=True),
+    "adadelta": lambda: adamjax.adadelta(),
+    "skip(adam)": lambda: adamjax.skip_nonfinite(adamjax.adam(1e-2)),
+    "average(adam)": lambda: adamjax.temporal_averaging(adamjax.adam(1e-2)),
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILY))
+def test_jit_equals_eager(name, problem):
+    params, grads = problem
+    eager = run(FAMILY[name](), params, grads, jit=False)
+    jitted = run(FAMILY[name](), params, grads, jit=True)
+    # params are O(1): a few float32 ulps of 1.0 (1.2e-7) may differ once XLA fuses.
+    assert_tree_close(jitted, eager, rtol=1e-6, atol=1e-6)
+
+
+def test_vmap_over_learning_rates_equals_separate_runs(problem):
+    params, grads = problem
+    lrs = jnp.array([1e-4, 1e-3, 1e-2, 1e-1])
+    grid = jax.jit(jax.vmap(lambda lr: run(adamjax.adam(lr), params, grads)))(lrs)
+    for i, lr in enumerate([1e-4, 1e-3, 1e-2, 1e-1]):
+        single = run(adamjax.adam(lr), params, grads)
+        assert_tree_close(jax.tree.map(lambda x, i=i: x[i], grid), single, rtol=1e-6, atol=1e-7)
+
+
+def test_vmap_over_every_hyperparameter_and_bias_correction(problem):
+    params, grads = problem
+    configs = [
+        dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, bc=True),
+        dict(lr=1e-2, b1=0.0, b2=0.99, eps=1e-6, bc=False),
+        dict(lr=3e-3, b1=0.5, b2=0.9999, eps=1e-8, bc=False),
+        dict(lr=1e-1, b1=0.9, b2=0.9, eps=1e-4, bc=True),
+    ]
+    stacked = {k: jnp.array([c[k] for c in configs]) for k in configs[0]}
+
+    def one(h):
+        opt = adamjax.adam(h["lr"], h["b1"], h["b2"], h["eps"], bias_correction=h["bc"])
+        return run(opt, params, grads)
+
+    grid = jax.jit(jax.vmap(one))(stacked)
+    for i in range(len(configs)):
+        # Separate runs see the same float32 values: with Python floats, `1 - b2` would be
+        # rounded once from double (e.g. 1e-4) rather than computed from float32(0.9999).
+        single = one({k: v[i] for k, v in stacked.items()})
+        assert_tree_close(jax.tree.map(lambda x, i=i: x[i], grid), single, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda lr: adamjax.adamax(lr, b1=lr * 5),
+        lambda lr: adamjax.rmsprop(lr, decay=1 - lr),
+        lambda lr: adamjax.adagrad(lr, eps=lr * 1e-4),
+        lambda lr: adamjax.sgd(lr, momentum=1 - 5 * lr, nesterov=True),
+        lambda lr: adamjax.adadelta(lr * 10, rho=1 - lr),
+        lambda lr: adamjax.adam(adamjax.inverse_sqrt_schedule(lr), b1_decay=1 - lr),
+        lambda lr: adamjax.temporal_averaging(adamjax.adam(lr), decay=1 - lr),
+    ],
+    ids=["adamax", "rmsprop", "adagrad", "nesterov", "adadelta", "adam-schedule", "averaging"],
+)
+def test_every_alias_vmaps_over_traced_hyperparameters(make, problem):
+    params, grads = problem
+    lrs = [0.01, 0.05]
+    grid = jax.jit(jax.vmap(lambda lr: run(make(lr), params, grads)))(jnp.array(lrs))
+    for i, lr in enumerate(lrs):
+        single = run(make(lr), params, grads)
+        assert_tree_close(jax.tree.map(lambda x, i=i: x[i], grid), single, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_drops_into_optax_chain(problem):
+    import optax
+
+    params, grads = problem
+    clipped = optax.chain(optax.clip_by_global_norm(1.0), adamjax.adam(1e-2))
+    ours = adamjax.chain(optax.clip_by_global_norm(1.0), adamjax.adam(1e-2))
+    a = run(clipped, params, grads)
+    b = run(ours, params, grads)
+    assert_tree_close(a, b, rtol=0, atol=0)
