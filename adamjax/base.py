@@ -16,10 +16,9 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import optax
-
-GradientTransformation = optax.GradientTransformation
-GradientTransformationExtraArgs = optax.GradientTransformationExtraArgs
-EmptyState = optax.EmptyState
+from optax import EmptyState as EmptyState
+from optax import GradientTransformation as GradientTransformation
+from optax import GradientTransformationExtraArgs as GradientTransformationExtraArgs
 Params = Any
 Updates = Any
 OptState = Any

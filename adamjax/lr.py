@@ -14,7 +14,7 @@ from adamjax.base import EmptyState, GradientTransformation, expect_updates, saf
 class ScheduleState(NamedTuple):
     """State of :func:`scale_by_lr` with a schedule: the 0-based step count."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in Optax
 
 
 def scale_by_lr(learning_rate: Any) -> GradientTransformation:

@@ -39,7 +39,7 @@ class MomentsState(NamedTuple):
     ``nu`` the second moment (``v_t``, or ``u_t`` for AdaMax).
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in Optax
     mu: Any
     nu: Any
 

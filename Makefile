@@ -1,0 +1,41 @@
+# One command sets up and tests (`make test`); one reproduces Figure 1 (`make reproduce`).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The data-dir setting: where <dir>/mnist/*.gz live (the layout of ../shared/data).
+ADAMJAX_DATA_DIR ?= $(abspath ../shared/data)
+export ADAMJAX_DATA_DIR
+OUT ?= runs
+# PyTorch (the CPU wheel this machine class holds) is an extra reference in tests and benchmarks.
+EXTRAS ?= all,torch
+
+.PHONY: install test lint reproduce reproduce-all bench clean
+
+$(VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+reproduce: install
+	$(PY) -m experiments fig1_logreg --quick --out $(OUT)/fig1_logreg
+
+reproduce-all: install
+	for name in fig1_logreg fig2_mlp fig4_bias_correction fig3_cnn; do \
+	  $(PY) -m experiments $$name --quick --out $(OUT)/$$name || exit 1; done
+
+bench: install
+	$(PY) -m benchmarks --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
