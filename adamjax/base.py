@@ -19,6 +19,7 @@ import optax
 from optax import EmptyState as EmptyState
 from optax import GradientTransformation as GradientTransformation
 from optax import GradientTransformationExtraArgs as GradientTransformationExtraArgs
+
 Params = Any
 Updates = Any
 OptState = Any

@@ -79,11 +79,13 @@ def test_rmsprop_differs_from_pytorch_by_eps_placement():
     theta0 = rng.normal(size=5)
     grads = rng.normal(size=(20, 5)) * 1e-3
     ours = _ours(adamjax.rmsprop(1e-2, 0.9, eps=1e-6), theta0, grads)
-    theirs = _torch_run(lambda ps: torch.optim.RMSprop(ps, lr=1e-2, alpha=0.9, eps=1e-6),
-                        theta0, grads)
+    theirs = _torch_run(
+        lambda ps: torch.optim.RMSprop(ps, lr=1e-2, alpha=0.9, eps=1e-6), theta0, grads
+    )
     assert np.max(np.abs(ours - theirs)) > 1e-3
     # With eps = 0 the two definitions coincide.
     ours0 = _ours(adamjax.rmsprop(1e-2, 0.9, eps=0.0), theta0, grads)
-    theirs0 = _torch_run(lambda ps: torch.optim.RMSprop(ps, lr=1e-2, alpha=0.9, eps=0.0),
-                         theta0, grads)
+    theirs0 = _torch_run(
+        lambda ps: torch.optim.RMSprop(ps, lr=1e-2, alpha=0.9, eps=0.0), theta0, grads
+    )
     np.testing.assert_allclose(ours0, theirs0, rtol=1e-9)
