@@ -1,0 +1,340 @@
+"""experiments.parallel: data-parallel MNIST MLP and device-spread grids, 8 simulated devices.
+
+As in ``tests/test_sharding.py``, each multi-device case (``_case_*``) runs in a child Python
+process started with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (JAX fixes its
+device count at start-up), or here when this process already has 8 devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import adamjax
+from adamjax import sharding
+from experiments import parallel
+
+ROOT = Path(__file__).resolve().parents[2]
+N = 8
+BATCH = 128
+HIDDEN = 128
+STEPS = 12
+
+
+def on_devices(case: str, devices: int = N) -> str:
+    """Run ``case()`` from this file with ``devices`` CPU devices; return its output."""
+    if jax.device_count() == devices:
+        globals()[case]()
+        return ""
+    flags = os.environ.get("XLA_FLAGS", "")
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", flags)
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip(),
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    code = (
+        "import runpy\n"
+        f"ns = runpy.run_path({str(Path(__file__))!r})\n"
+        "import jax\n"
+        f"assert jax.device_count() == {devices}, jax.devices()\n"
+        f"ns[{case!r}]()\n"
+        "print('CASE OK')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "CASE OK" in proc.stdout, (
+        f"{case} on {devices} devices failed:\n{out[-6000:]}"
+    )
+    return proc.stdout
+
+
+# --------------------------------------------------------------------------------------
+# An MNIST MLP epoch (784-128-128-10 with dropout, batch 128), single device vs 8.
+# --------------------------------------------------------------------------------------
+
+
+def mnist_subset(n: int):
+    """``n`` MNIST training images as float32 ``[n, 784]`` and labels; synthetic digits-like
+    data (with a learnable rule) where the MNIST files are not installed."""
+    from experiments import data
+
+    try:
+        x, y = data.load("mnist", "train", data_dir=ROOT.parent / "shared" / "data", download=False)
+        source = "mnist"
+    except data.DataError:
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        y = (x.reshape(n, -1)[:, :10].argmax(axis=1)).astype(np.uint8)
+        source = "synthetic"
+    print(f"data: {source}")
+    x = x[:n].reshape(n, -1).astype(np.float32) / 255.0
+    return x, y[:n].astype(np.int32)
+
+
+def mlp_task():
+    from experiments.models import MLP
+
+    model = MLP(hidden=HIDDEN, dropout=0.2)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
+
+    def loss_fn(params, x, y, rng):
+        logits = model.apply({"params": params}, x, train=True, rngs={"dropout": rng})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    return params, loss_fn
+
+
+def make_step(opt, loss_fn):
+    """The pure train step the experiments use: ``(state, batch, rng) -> (state, metrics)``."""
+
+    def step(state, batch, rng):
+        params, opt_state = state
+        x, y = batch
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y, rng)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (adamjax.apply_updates(params, updates), opt_state), {"loss": loss}
+
+    return step
+
+
+def run_epoch(step, state, x, y, key, place=lambda b: b):
+    losses = []
+    for i in range(STEPS):
+        batch = place((x[i * BATCH : (i + 1) * BATCH], y[i * BATCH : (i + 1) * BATCH]))
+        state, metrics = step(state, batch, jax.random.fold_in(key, i))
+        losses.append(float(metrics["loss"]))
+    return state, np.asarray(losses)
+
+
+def assert_trees_close(a, b, rtol, atol):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=atol)
+
+
+def assert_same_training(start, got, want, lr, what, rel_tol=1e-5, steps_tol=0.02):
+    """``got`` and ``want`` (parameters after an epoch from ``start``) agree to float32.
+
+    The two runs sum each gradient in a different order, so they differ by float32
+    rounding, which Adam's normalisation ``m / sqrt(v)`` can amplify to a small fraction of
+    one step (``lr``) where a gradient is ~0 (MNIST's border pixels). Two checks: the
+    parameter *change* over the epoch agrees to 1e-5 relative (norm of the difference over
+    norm of the change), and no entry differs by more than 2% of one step (``steps_tol``).
+    """
+    flat = lambda t: np.concatenate(
+        [np.ravel(np.asarray(v, np.float64)) for v in jax.tree.leaves(t)]
+    )
+    s, g, w = flat(start), flat(got), flat(want)
+    rel = np.linalg.norm(g - w) / np.linalg.norm(w - s)
+    worst = np.max(np.abs(g - w))
+    print(f"{what}: relative difference of the epoch's change {rel:.2e}, max |diff| {worst:.2e}")
+    assert rel < rel_tol, (what, rel)
+    assert worst < steps_tol * lr, (what, worst)
+
+
+def _case_data_parallel_epoch():
+    x, y = mnist_subset(STEPS * BATCH)
+    params, loss_fn = mlp_task()
+    opt = adamjax.adam(1e-3)
+    step = make_step(opt, loss_fn)
+    key = jax.random.key(42)
+
+    # Single device: the step jitted on device 0.
+    single_state, single_losses = run_epoch(jax.jit(step), (params, opt.init(params)), x, y, key)
+
+    # 8 devices: batch split 16 examples a device, state replicated.
+    mesh = parallel.make_mesh(N)
+    dp_step = parallel.data_parallel(step, mesh)
+    state = parallel.replicate((params, opt.init(params)), mesh)
+    shard = lambda b: parallel.shard_batch(b, mesh)
+    first = shard((x[:BATCH], y[:BATCH]))
+    assert first[0].addressable_shards[0].data.shape == (BATCH // N, 784)
+    dp_state, dp_losses = run_epoch(dp_step, state, x, y, key, shard)
+
+    for leaf in jax.tree.leaves(dp_state):
+        assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == N
+    np.testing.assert_allclose(dp_losses, single_losses, rtol=1e-5)
+    assert_same_training(params, dp_state[0], single_state[0], 1e-3, "data parallel")
+    assert_trees_close(dp_state[1], single_state[1], rtol=1e-3, atol=1e-7)
+    assert dp_losses[-1] < dp_losses[0]  # it trains
+
+    # The same epoch with ZeRO-1 optimizer state (moments split 8 ways).
+    zopt = sharding.zero1(opt, mesh)
+    zstep = parallel.data_parallel(make_step(zopt, loss_fn), mesh)
+    zstate = (parallel.replicate(params, mesh), zopt.init(parallel.replicate(params, mesh)))
+    z_final, z_losses = run_epoch(zstep, zstate, x, y, key, shard)
+    np.testing.assert_allclose(z_losses, single_losses, rtol=1e-5)
+    assert_same_training(params, z_final[0], single_state[0], 1e-3, "data parallel + ZeRO-1")
+    assert_trees_close(z_final[1], single_state[1], rtol=1e-3, atol=1e-7)
+    kernel_moments = [a for a in jax.tree.leaves(z_final[1]) if a.shape == (784, HIDDEN)]
+    assert kernel_moments
+    for a in kernel_moments:  # still split after the epoch
+        assert a.addressable_shards[0].data.shape == (784 // N, HIDDEN)
+
+
+def test_data_parallel_mlp_epoch_matches_single_device():
+    on_devices("_case_data_parallel_epoch")
+
+
+def _case_scanned_epoch_on_device_data():
+    """The experiments' layout: dataset on device, batches drawn by index inside one jit."""
+    x, y = mnist_subset(STEPS * BATCH)
+    params, loss_fn = mlp_task()
+    opt = adamjax.adam(1e-3)
+    step = make_step(opt, loss_fn)
+    mesh = parallel.make_mesh(N)
+
+    def epoch(state, x, y, key, mesh=None):
+        perm = jax.random.permutation(key, x.shape[0]).reshape(STEPS, BATCH)
+
+        def body(state, idx):
+            batch = (x[idx], y[idx])
+            if mesh is not None:
+                batch = parallel.shard_batch(batch, mesh)
+            return step(state, batch, jax.random.fold_in(key, idx[0]))
+
+        return jax.lax.scan(body, state, perm)
+
+    key = jax.random.key(3)
+    ref_state, ref_losses = jax.jit(epoch)((params, opt.init(params)), x, y, key)
+    dp = jax.jit(lambda s, x, y, k: epoch(s, x, y, k, mesh))
+    state, xs, ys = parallel.replicate(((params, opt.init(params)), x, y), mesh)
+    out_state, losses = dp(state, xs, ys, key)
+    hlo = dp.lower(state, xs, ys, key).compile().as_text()
+    assert re.search(r"\ball-reduce(?:-start)?\(", hlo)  # gradients are summed over devices
+    np.testing.assert_allclose(losses["loss"], ref_losses["loss"], rtol=1e-5)
+    assert_same_training(params, out_state[0], ref_state[0], 1e-3, "scanned epoch")
+    assert_trees_close(out_state[1], ref_state[1], rtol=1e-3, atol=1e-7)
+
+
+def test_scanned_epoch_with_on_device_dataset_matches_single_device():
+    on_devices("_case_scanned_epoch_on_device_data")
+
+
+# --------------------------------------------------------------------------------------
+# A vmapped Adam grid with its config axis over 8 devices.
+# --------------------------------------------------------------------------------------
+
+
+def grid_train(hp, x, y):
+    """Logistic regression trained by Adam with this config's ``lr``, ``b1`` for 20 steps."""
+    params = {"w": jnp.zeros((x.shape[1], 10)), "b": jnp.zeros(10)}
+    opt = adamjax.adam(hp["lr"], hp["b1"])
+
+    def loss_fn(p):
+        logits = x @ p["w"] + p["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def body(carry, _):
+        p, s = carry
+        loss, g = jax.value_and_grad(loss_fn)(p)
+        u, s = opt.update(g, s, p)
+        return (adamjax.apply_updates(p, u), s), loss
+
+    (p, _), losses = jax.lax.scan(body, (params, opt.init(params)), None, length=20)
+    return {"losses": losses, "w": p["w"]}
+
+
+def _case_grid_over_devices():
+    x, y = mnist_subset(256)
+    mesh = parallel.make_mesh(N)
+    for g in (8, 12):
+        lr = np.geomspace(1e-4, 1e-1, g).astype(np.float32)
+        b1 = np.where(np.arange(g) % 2 == 0, 0.0, 0.9).astype(np.float32)
+        hp, real = parallel.pad_configs({"lr": lr, "b1": b1}, N)
+        assert real == g and hp["lr"].shape[0] % N == 0
+        spread = parallel.grid_over_devices(grid_train, mesh, in_axes=(0, None, None))
+        out = spread(parallel.shard_configs(hp, mesh), x, y)
+        per_device = hp["lr"].shape[0] // N
+        assert out["losses"].addressable_shards[0].data.shape == (per_device, 20)
+        assert len(out["losses"].sharding.device_set) == N
+        # Unsharded reference: the same grid on one device, vmapped a chunk of
+        # `per_device` configs at a time (the shape each device of the mesh computes; a
+        # whole-grid vmap lets XLA pick other kernels, with other float32 rounding).
+        one = jax.jit(jax.vmap(grid_train, in_axes=(0, None, None)))  # numpy in: device 0
+        host_hp = jax.tree.map(np.asarray, hp)
+        k = per_device
+        chunks = [
+            one({name: v[i : i + k] for name, v in host_hp.items()}, x, y)
+            for i in range(0, len(host_hp["lr"]), k)
+        ]
+        ref = {name: np.concatenate([c[name] for c in chunks])[:real] for name in chunks[0]}
+        got = {name: np.asarray(v)[:real] for name, v in out.items()}
+        assert_trees_close(got, ref, rtol=1e-5, atol=1e-6)
+    # The configs are independent: the compiled grid communicates nothing.
+    hlo = (
+        jax.jit(
+            jax.vmap(grid_train, in_axes=(0, None, None)),
+            in_shardings=(
+                NamedSharding(mesh, P("data")),
+                NamedSharding(mesh, P()),
+                NamedSharding(mesh, P()),
+            ),
+        )
+        .lower({"lr": lr[:8], "b1": b1[:8]}, x, y)
+        .compile()
+        .as_text()
+    )
+    assert not re.search(r"\ball-(reduce|gather|to-all)(?:-start)?\(", hlo)
+
+
+def test_grid_over_devices_equals_unsharded_vmap():
+    on_devices("_case_grid_over_devices")
+
+
+# --------------------------------------------------------------------------------------
+# In-process checks (one device).
+# --------------------------------------------------------------------------------------
+
+
+def test_make_mesh_explains_missing_devices():
+    with pytest.raises(ValueError, match="xla_force_host_platform_device_count"):
+        parallel.make_mesh(jax.device_count() + 1)
+    mesh = parallel.make_mesh(0)
+    assert mesh.shape["data"] == jax.device_count()
+
+
+def test_shard_batch_rejects_indivisible_batch():
+    mesh = jax.make_mesh((1,), ("data",))
+    assert parallel.shard_batch(np.ones((3, 2)), mesh)[0].shape == (2,)
+
+    class Fake:
+        shape = {"data": 8}
+
+    with pytest.raises(ValueError, match="divisible by 8"):
+        parallel.shard_batch(np.ones((12, 2)), Fake())  # type: ignore[arg-type]
+
+
+def test_pad_configs_repeats_the_last_config():
+    padded, g = parallel.pad_configs({"lr": np.arange(5.0)}, 4)
+    assert g == 5
+    np.testing.assert_array_equal(np.asarray(padded["lr"]), [0, 1, 2, 3, 4, 4, 4, 4])
+    same, g = parallel.pad_configs({"lr": np.arange(8.0)}, 4)
+    assert g == 8 and same["lr"].shape == (8,)
+
+
+def test_devices_flag():
+    parser = parallel.add_device_arguments(argparse.ArgumentParser())
+    assert parser.parse_args(["--devices", "8"]).devices == 8
+    assert parser.parse_args([]).devices == 1
