@@ -50,7 +50,7 @@ def scale_by_adadelta(rho: Any = 0.95, eps: Any = 1e-6, *, state_dtype: Any | No
 
     def init(params):
         def zeros(p):
-            return jnp.zeros(jnp.shape(p), real_dtype(state_dtype_for(p, state_dtype)))
+            return jnp.zeros_like(p, dtype=real_dtype(state_dtype_for(p, state_dtype)))
 
         return AdadeltaState(jax.tree.map(zeros, params), jax.tree.map(zeros, params))
 

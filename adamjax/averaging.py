@@ -45,7 +45,7 @@ def temporal_averaging(inner: GradientTransformation, decay: Any = 0.999) -> Gra
     _validate.check_beta("temporal_averaging", "decay", decay)
 
     def init(params):
-        avg = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), compute_dtype(p)), params)
+        avg = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=compute_dtype(p)), params)
         return TemporalAverageState(
             inner=inner.init(params), average=avg, weight=jnp.zeros([], jnp.float32)
         )

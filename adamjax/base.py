@@ -181,8 +181,3 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         return (p.astype(dt) + jnp.asarray(u).astype(dt)).astype(p.dtype)
 
     return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
-
-
-def tree_zeros_like(tree: Any, dtype_fn) -> Any:
-    """Zeros shaped like every leaf of ``tree`` with ``dtype_fn(leaf)`` as dtype."""
-    return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), dtype_fn(x)), tree)

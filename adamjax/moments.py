@@ -61,7 +61,7 @@ def _is_one(x: Any) -> bool:
 def _state_zeros(params: Any, state_dtype: Any, real: bool = False) -> Any:
     def zeros(p):
         dt = state_dtype_for(p, state_dtype)
-        return jnp.zeros(jnp.shape(p), real_dtype(dt) if real else dt)
+        return jnp.zeros_like(p, dtype=real_dtype(dt) if real else dt)
 
     return jax.tree.map(zeros, params)
 
@@ -206,7 +206,7 @@ def scale_by_sum_of_squares(
     def init(params):
         def fill(p):
             dt = real_dtype(state_dtype_for(p, state_dtype))
-            return jnp.full(jnp.shape(p), initial_accumulator_value, dt)
+            return jnp.full_like(p, initial_accumulator_value, dtype=dt)
 
         return SumOfSquaresState(sum_of_squares=jax.tree.map(fill, params))
 

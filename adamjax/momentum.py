@@ -51,7 +51,7 @@ def trace(
     def init(params):
         return TraceState(
             trace=jax.tree.map(
-                lambda p: jnp.zeros(jnp.shape(p), state_dtype_for(p, state_dtype)), params
+                lambda p: jnp.zeros_like(p, dtype=state_dtype_for(p, state_dtype)), params
             )
         )
 

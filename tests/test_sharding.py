@@ -197,11 +197,6 @@ def _case_plain_init_follows_params():
     assert not failures, "state not laid out like the params:\n" + "\n".join(failures)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core init allocates with jnp.zeros(shape) (one device); switch to "
-    "jnp.zeros_like / adamjax.sharding.zeros_like_sharded, then drop this marker",
-)
 def test_plain_init_follows_params():
     on_devices("_case_plain_init_follows_params")
 
