@@ -43,7 +43,9 @@ class Checkpointer:
 
     def restore(self, epoch: int, like: Any) -> Any:
         """Restore the checkpoint of ``epoch`` into the structure and dtypes of ``like``."""
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), like)
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), like
+        )
         restored = self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
         return jax.tree.map(np.asarray, restored)
 

@@ -11,6 +11,9 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+_TIMING = "16-point grid, vmapped vs one by one (python -m experiments.grid_timing --help)"
+
+
 def _parser() -> argparse.ArgumentParser:
     from experiments.config import available
 
@@ -18,16 +21,30 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments",
         description="Reproduce the MNIST experiments of Kingma & Ba (2015), 'Adam'.",
-        epilog=f"experiments:\n{listing}\n  {'grid_timing':22s} time a 16-point vmapped grid vs 16 runs "
-        "one after another (python -m experiments.grid_timing --help)",
+        epilog=f"experiments:\n{listing}\n  {'grid_timing':22s} {_TIMING}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", help="experiment name (see below) or a path to a .toml config")
-    p.add_argument("--quick", action="store_true", help="minutes on a CPU: less data, fewer epochs, a smaller grid")
-    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<name>[-quick])")
-    p.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default=None, help="override the config's dataset")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--data-dir", type=Path, default=None, help="folder holding mnist/ and fashion_mnist/")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="minutes on a CPU: less data, fewer epochs, a smaller grid",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="run directory (default: runs/<name>[-quick])"
+    )
+    p.add_argument(
+        "--dataset",
+        choices=("mnist", "fashion_mnist"),
+        default=None,
+        help="override the config's dataset",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    p.add_argument(
+        "--data-dir", type=Path, default=None, help="folder holding mnist/ and fashion_mnist/"
+    )
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     return p
 

@@ -99,7 +99,14 @@ _FIELDS: dict[str, tuple[type, Any]] = {
     "eval_batch_size": (int, _ge(1)),
     "checkpoint_every": (int, _ge(1)),
     "memory_budget_mb": (int, _ge(1)),
-    "report_epochs": (list, lambda v: None if all(isinstance(e, int) and e >= 1 for e in v) else "must be a list of epochs >= 1"),
+    "report_epochs": (
+        list,
+        lambda v: (
+            None
+            if all(isinstance(e, int) and e >= 1 for e in v)
+            else "must be a list of epochs >= 1"
+        ),
+    ),
     "plot": (str, _in(PLOTS)),
 }
 _TABLES = ("optimizers", "variants", "quick")
@@ -134,7 +141,9 @@ def _check_optimizers(where: str, table: Any) -> dict[str, dict[str, Any]]:
     out = {}
     for name, hps in table.items():
         if name not in OPTIMIZERS:
-            raise ConfigError(f"{where}: unknown optimizer {name!r} (known: {', '.join(OPTIMIZERS)})")
+            raise ConfigError(
+                f"{where}: unknown optimizer {name!r} (known: {', '.join(OPTIMIZERS)})"
+            )
         if not isinstance(hps, dict):
             raise ConfigError(f"{where}: optimizers.{name} must be a table")
         spec = OPTIMIZERS[name].hparams
@@ -170,7 +179,9 @@ def _merge(base: dict[str, Any], quick: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def from_dict(name: str, raw: dict[str, Any], *, quick: bool = False, where: str = "") -> ExperimentConfig:
+def from_dict(
+    name: str, raw: dict[str, Any], *, quick: bool = False, where: str = ""
+) -> ExperimentConfig:
     """Validate ``raw`` (a parsed TOML document) into an :class:`ExperimentConfig`."""
     where = where or f"config {name!r}"
     all_keys = tuple(_FIELDS)
@@ -179,10 +190,14 @@ def from_dict(name: str, raw: dict[str, Any], *, quick: bool = False, where: str
     quick_table = raw.get("quick", {})
     if not isinstance(quick_table, dict):
         raise ConfigError(f"{where}: 'quick' must be a table")
-    _check_settings(f"{where} [quick]", {k: v for k, v in quick_table.items() if k not in _TABLES}, all_keys)
+    _check_settings(
+        f"{where} [quick]", {k: v for k, v in quick_table.items() if k not in _TABLES}, all_keys
+    )
     if "quick" in quick_table:
         raise ConfigError(f"{where} [quick]: unknown key 'quick'")
-    doc = _merge({k: v for k, v in raw.items() if k != "quick"}, quick_table) if quick else dict(raw)
+    doc = (
+        _merge({k: v for k, v in raw.items() if k != "quick"}, quick_table) if quick else dict(raw)
+    )
     doc.pop("quick", None)
     settings = _check_settings(where, {k: v for k, v in doc.items() if k not in _TABLES}, all_keys)
     optimizers = _check_optimizers(where, doc.get("optimizers", {}))
@@ -207,7 +222,9 @@ def available(config_dir: Path = CONFIG_DIR) -> dict[str, str]:
     return out
 
 
-def load_config(name_or_path: str, *, quick: bool = False, config_dir: Path = CONFIG_DIR) -> ExperimentConfig:
+def load_config(
+    name_or_path: str, *, quick: bool = False, config_dir: Path = CONFIG_DIR
+) -> ExperimentConfig:
     """Load and validate the config of experiment ``name_or_path`` (a name or a .toml path)."""
     path = Path(name_or_path)
     if path.suffix != ".toml":

@@ -200,9 +200,10 @@ def _download(spec: DatasetSpec, filename: str, dest_dir: Path) -> Path:
         try:
             with urllib.request.urlopen(url, timeout=15) as resp:
                 total = int(resp.headers.get("Content-Length") or 0) or None
-                with open(tmp, "wb") as out, tqdm(
-                    total=total, unit="B", unit_scale=True, desc=filename
-                ) as bar:
+                with (
+                    open(tmp, "wb") as out,
+                    tqdm(total=total, unit="B", unit_scale=True, desc=filename) as bar,
+                ):
                     while chunk := resp.read(1 << 16):
                         out.write(chunk)
                         bar.update(len(chunk))

@@ -14,8 +14,8 @@ import json
 import time
 
 import numpy as np
-from adamjax import grid as gridlib
 
+from adamjax import grid as gridlib
 from experiments import batching
 from experiments.tasks import make_task
 from experiments.train import Job, train_chunk
@@ -23,7 +23,13 @@ from experiments.train import Job, train_chunk
 __all__ = ["time_grid", "main"]
 
 
-def time_grid(model: str = "logreg", points: int = 16, epochs: int = 2, train: int = 6400, optimizer: str = "adam"):
+def time_grid(
+    model: str = "logreg",
+    points: int = 16,
+    epochs: int = 2,
+    train: int = 6400,
+    optimizer: str = "adam",
+):
     """Return a dict of wall times (seconds) for the vmapped grid and the sequential runs."""
     data = batching.load_device_data("mnist", train_subset=train, test_subset=1000)
     task = make_task(model, weight_decay=1e-4)
@@ -44,9 +50,17 @@ def time_grid(model: str = "logreg", points: int = 16, epochs: int = 2, train: i
     together = train_chunk(job, data, hp, ids, desc="vmapped")
     vmapped = time.perf_counter() - t
     t = time.perf_counter()
-    separate = [train_chunk(job, data, {k: v[i : i + 1] for k, v in hp.items()}, ids[i : i + 1], desc=f"run {i}") for i in range(points)]
+    separate = [
+        train_chunk(
+            job, data, {k: v[i : i + 1] for k, v in hp.items()}, ids[i : i + 1], desc=f"run {i}"
+        )
+        for i in range(points)
+    ]
     sequential = time.perf_counter() - t
-    diff = max(float(np.nanmax(np.abs(together["epoch_loss"][i] - s["epoch_loss"][0]))) for i, s in enumerate(separate))
+    diff = max(
+        float(np.nanmax(np.abs(together["epoch_loss"][i] - s["epoch_loss"][0])))
+        for i, s in enumerate(separate)
+    )
     return {
         "model": model,
         "optimizer": optimizer,
@@ -65,7 +79,9 @@ def time_grid(model: str = "logreg", points: int = 16, epochs: int = 2, train: i
 
 def main(argv=None) -> int:
     """Command-line entry point; prints the timings as JSON."""
-    p = argparse.ArgumentParser(prog="python -m experiments.grid_timing", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.grid_timing", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--points", type=int, default=16)
     p.add_argument("--model", default="logreg", choices=("logreg", "mlp", "vae"))
     p.add_argument("--epochs", type=int, default=2)

@@ -33,7 +33,9 @@ class HParam:
             return
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{where}: expected a number, got {value!r}")
-        if self.low is not None and (value < self.low or (value == self.low and not self.low_inclusive)):
+        if self.low is not None and (
+            value < self.low or (value == self.low and not self.low_inclusive)
+        ):
             op = ">=" if self.low_inclusive else ">"
             raise ValueError(f"{where}: {value!r} out of range, must be {op} {self.low}")
         if self.high is not None and value >= self.high:

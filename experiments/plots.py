@@ -29,7 +29,12 @@ _COLORS = {
     "adamax": "tab:pink",
     "sgd": "tab:gray",
 }
-_TITLES = {"logreg": "MNIST logistic regression", "mlp": "MNIST multilayer neural network", "cnn": "MNIST convolutional network", "vae": "MNIST variational auto-encoder"}
+_TITLES = {
+    "logreg": "MNIST logistic regression",
+    "mlp": "MNIST multilayer neural network",
+    "cnn": "MNIST convolutional network",
+    "vae": "MNIST variational auto-encoder",
+}
 
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
@@ -54,8 +59,18 @@ def plot_curves(report: dict[str, Any], out: Path) -> Path:
             window = max(1, per_epoch // 4)
             ys = _smooth(y, window)
             x = (np.arange(len(ys)) + window) / per_epoch
-            hp = ", ".join(f"{k}={best['hparams'][k]:.3g}" for k in entry["swept"] if not isinstance(best["hparams"][k], bool))
-            ax.plot(x, ys, color=_COLORS.get(opt), lw=1.4, label=f"{entry['label']}" + (f" ({hp})" if hp else ""))
+            hp = ", ".join(
+                f"{k}={best['hparams'][k]:.3g}"
+                for k in entry["swept"]
+                if not isinstance(best["hparams"][k], bool)
+            )
+            ax.plot(
+                x,
+                ys,
+                color=_COLORS.get(opt),
+                lw=1.4,
+                label=f"{entry['label']}" + (f" ({hp})" if hp else ""),
+            )
         log = cfg["model"] != "logreg"
         if log:
             ax.set_yscale("log")
@@ -80,25 +95,50 @@ def plot_bias_correction(report: dict[str, Any], out: Path) -> list[Path]:
     points = entry["grid"]
     b1s = sorted({p["hparams"]["b1"] for p in points})
     b2s = sorted({p["hparams"]["b2"] for p in points})
-    finite = [v for p in points for k, v in p.items() if k.startswith("train_loss_epoch_") and v is not None and not p["diverged"]]
+    finite = [
+        v
+        for p in points
+        for k, v in p.items()
+        if k.startswith("train_loss_epoch_") and v is not None and not p["diverged"]
+    ]
     ceiling = float(np.nanpercentile(finite, 95)) * 1.5 if finite else 1.0
     paths = []
     for e in cfg["report_epochs"]:
         key = f"train_loss_epoch_{e}"
         if e > cfg["epochs"]:
             continue
-        fig, axes = plt.subplots(len(b1s), len(b2s), figsize=(3.3 * len(b2s), 2.8 * len(b1s)), squeeze=False, sharey=True)
+        fig, axes = plt.subplots(
+            len(b1s), len(b2s), figsize=(3.3 * len(b2s), 2.8 * len(b1s)), squeeze=False, sharey=True
+        )
         for r, b1 in enumerate(b1s):
             for c, b2 in enumerate(b2s):
                 ax = axes[r][c]
-                for bc, color, label in ((True, "tab:green", "bias correction"), (False, "tab:red", "no bias correction")):
+                for bc, color, label in (
+                    (True, "tab:green", "bias correction"),
+                    (False, "tab:red", "no bias correction"),
+                ):
                     sel = sorted(
-                        (p for p in points if p["hparams"]["b1"] == b1 and p["hparams"]["b2"] == b2 and p["hparams"]["bias_correction"] == bc),
+                        (
+                            p
+                            for p in points
+                            if p["hparams"]["b1"] == b1
+                            and p["hparams"]["b2"] == b2
+                            and p["hparams"]["bias_correction"] == bc
+                        ),
                         key=lambda p: p["hparams"]["learning_rate"],
                     )
                     x = np.log10([p["hparams"]["learning_rate"] for p in sel])
-                    y = np.array([ceiling if (p["diverged"] or p[key] is None or p[key] > ceiling) else p[key] for p in sel])
-                    bad = np.array([p["diverged"] or p[key] is None or p[key] > ceiling for p in sel])
+                    y = np.array(
+                        [
+                            ceiling
+                            if (p["diverged"] or p[key] is None or p[key] > ceiling)
+                            else p[key]
+                            for p in sel
+                        ]
+                    )
+                    bad = np.array(
+                        [p["diverged"] or p[key] is None or p[key] > ceiling for p in sel]
+                    )
                     ax.plot(x, y, "o-", color=color, ms=4, label=label)
                     if bad.any():
                         ax.plot(x[bad], y[bad], "x", color="black", ms=8)
@@ -110,7 +150,10 @@ def plot_bias_correction(report: dict[str, Any], out: Path) -> list[Path]:
                 if c == 0:
                     ax.set_ylabel(f"loss after {e} epochs")
         axes[0][0].legend(fontsize=7)
-        fig.suptitle(f"VAE on {cfg['dataset']}: training loss after {e} epochs (x: diverged / off scale)", fontsize=9)
+        fig.suptitle(
+            f"VAE on {cfg['dataset']}: training loss after {e} epochs (x: diverged / off scale)",
+            fontsize=9,
+        )
         fig.tight_layout()
         path = out / f"{report['experiment']}_epoch{e}.png"
         fig.savefig(path, dpi=80)

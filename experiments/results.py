@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from adamjax.grid import Grid
 
+from adamjax.grid import Grid
 from experiments.optimizers import OPTIMIZERS
 
 __all__ = ["summarize", "write", "best_index"]
@@ -29,7 +29,9 @@ def best_index(epoch_loss: np.ndarray, diverged: np.ndarray) -> int | None:
     return None if not np.isfinite(last).any() else int(np.argmin(last))
 
 
-def summarize(name: str, grid: Grid, curves: dict[str, np.ndarray], cfg, n_train: int) -> dict[str, Any]:
+def summarize(
+    name: str, grid: Grid, curves: dict[str, np.ndarray], cfg, n_train: int
+) -> dict[str, Any]:
     """The JSON entry of one optimizer: every grid point plus the best one (by training loss)."""
     points = []
     for i, hp in enumerate(grid.configs()):
@@ -54,7 +56,9 @@ def summarize(name: str, grid: Grid, curves: dict[str, np.ndarray], cfg, n_train
         "label": OPTIMIZERS[name].label,
         "swept": list(grid.swept),
         "iterations_per_epoch": n_train // cfg.batch_size,
-        "best": None if best is None else {**points[best], "iter_train_loss": [_num(v) for v in curves["iter_loss"][best]]},
+        "best": None
+        if best is None
+        else {**points[best], "iter_train_loss": [_num(v) for v in curves["iter_loss"][best]]},
         "grid": points,
     }
 
@@ -68,14 +72,31 @@ def write(out: Path, report: dict[str, Any]) -> None:
         for opt, entry in per_opt.items():
             with open(curves_dir / f"{variant}_{opt}_epochs.csv", "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow(["grid_index", *entry["swept"], "epoch", "train_loss", "test_loss", "test_acc", "best"])
+                w.writerow(
+                    [
+                        "grid_index",
+                        *entry["swept"],
+                        "epoch",
+                        "train_loss",
+                        "test_loss",
+                        "test_acc",
+                        "best",
+                    ]
+                )
                 best = entry["best"]["index"] if entry["best"] else -1
                 for p in entry["grid"]:
                     swept = [p["hparams"][k] for k in entry["swept"]]
                     for e, (tr, te, acc) in enumerate(
-                        zip(p["epoch_train_loss"], p["epoch_test_loss"], p["epoch_test_acc"], strict=True)
+                        zip(
+                            p["epoch_train_loss"],
+                            p["epoch_test_loss"],
+                            p["epoch_test_acc"],
+                            strict=True,
+                        )
                     ):
-                        w.writerow([p["index"], *swept, e + 1, tr, te, acc, int(p["index"] == best)])
+                        w.writerow(
+                            [p["index"], *swept, e + 1, tr, te, acc, int(p["index"] == best)]
+                        )
             if entry["best"]:
                 with open(curves_dir / f"{variant}_{opt}_iters.csv", "w", newline="") as f:
                     w = csv.writer(f)

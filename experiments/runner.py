@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from adamjax import grid as gridlib
 
+from adamjax import grid as gridlib
 from experiments import batching, results
 from experiments.checkpoint import Checkpointer
 from experiments.config import ExperimentConfig
@@ -42,8 +42,15 @@ def optimizer_grid(name: str, hps: dict[str, Any]) -> gridlib.Grid:
 
 
 def _job(cfg: ExperimentConfig, optimizer: str) -> Job:
-    task = make_task(cfg.model, weight_decay=cfg.weight_decay, dropout=cfg.dropout, input_dropout=cfg.input_dropout)
-    return Job(task, optimizer, cfg.schedule, cfg.batch_size, cfg.epochs, cfg.seed, cfg.checkpoint_every)
+    task = make_task(
+        cfg.model,
+        weight_decay=cfg.weight_decay,
+        dropout=cfg.dropout,
+        input_dropout=cfg.input_dropout,
+    )
+    return Job(
+        task, optimizer, cfg.schedule, cfg.batch_size, cfg.epochs, cfg.seed, cfg.checkpoint_every
+    )
 
 
 def _load_data(cfg: ExperimentConfig, data_dir, cache: dict) -> batching.DeviceData:
@@ -103,7 +110,9 @@ def run_experiment(
             g = optimizer_grid(opt_name, hps)
             job = _job(vcfg, opt_name)
             budget = vcfg.memory_budget_mb * 2**20
-            size = gridlib.chunk_size(len(g), bytes_per_config(job, job.task.activation_floats), budget)
+            size = gridlib.chunk_size(
+                len(g), bytes_per_config(job, job.task.activation_floats), budget
+            )
             t0 = time.perf_counter()
             curves = []
             for k, chunk in enumerate(g.chunks(size)):
@@ -114,7 +123,9 @@ def run_experiment(
                     continue
                 ckpt = Checkpointer(out / "ckpt" / variant / opt_name / f"chunk{k}")
                 try:
-                    desc = f"{variant}/{opt_name}" + (f" [{k + 1}/{-(-len(g) // size)}]" if size < len(g) else "")
+                    desc = f"{variant}/{opt_name}" + (
+                        f" [{k + 1}/{-(-len(g) // size)}]" if size < len(g) else ""
+                    )
                     res = train_chunk(
                         job, data, chunk.values, np.asarray(chunk.indices), ckpt,
                         resume=resume, stop_after=stop_after, desc=desc,
@@ -122,7 +133,9 @@ def run_experiment(
                 finally:
                     ckpt.close()
                 if res is None:
-                    raise RunInterrupted(f"stopped after epoch {stop_after} of {variant}/{opt_name}")
+                    raise RunInterrupted(
+                        f"stopped after epoch {stop_after} of {variant}/{opt_name}"
+                    )
                 done_file.parent.mkdir(parents=True, exist_ok=True)
                 np.savez(done_file, **res)
                 curves.append(res)
@@ -132,7 +145,8 @@ def run_experiment(
             best = per_opt[opt_name]["best"]
             log(
                 f"{variant}/{opt_name}: {len(g)} configs in {len(curves)} chunk(s), "
-                f"{per_opt[opt_name]['wall_time_s']:.1f}s; best {best['hparams'] if best else None} "
+                f"{per_opt[opt_name]['wall_time_s']:.1f}s; "
+                f"best {best['hparams'] if best else None} "
                 f"train loss {best['final_train_loss'] if best else float('nan'):.4g}"
             )
         report["variants"][variant] = per_opt

@@ -8,11 +8,10 @@ losses and correctness for test metrics. Images come in as ``float32`` in ``[0, 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import functools
 
 import flax.linen as nn
 import jax
@@ -100,10 +99,12 @@ def _vae(module: models.VAE) -> Task:
         loss = neg_elbo(params, x, jax.random.key(_EVAL_RNG))
         return loss, jnp.zeros_like(loss)
 
-    return Task("vae", module, init, cost, evaluate, _l2(0.0), classifier=False, activation_floats=5000)
+    return Task(
+        "vae", module, init, cost, evaluate, _l2(0.0), classifier=False, activation_floats=5000
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_task(
     model: str, *, weight_decay: float = 0.0, dropout: float = 0.0, input_dropout: float = 0.0
 ) -> Task:

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import adamjax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+import adamjax
 from experiments import optimizers
 from experiments.batching import DeviceData
 from experiments.checkpoint import Checkpointer
@@ -75,8 +75,21 @@ def _to_float(x_uint8: jax.Array) -> jax.Array:
     return x_uint8.astype(jnp.float32) / 255.0
 
 
+def _single(fn, n_vmapped_args: int):
+    """``fn`` on a config axis of length one without vmap (vmapped convolutions become slow
+    grouped convolutions on CPU): squeeze the axis, call, add it back."""
+
+    def wrapped(*args):
+        squeezed = [jax.tree.map(lambda a: a[0], a) for a in args[:n_vmapped_args]]
+        return jax.tree.map(lambda a: a[None], fn(*squeezed, *args[n_vmapped_args:]))
+
+    return wrapped
+
+
 @functools.lru_cache(maxsize=32)
-def make_epoch_fn(task: Task, optimizer: str, schedule: str, batch_size: int, n_train: int):
+def make_epoch_fn(
+    task: Task, optimizer: str, schedule: str, batch_size: int, n_train: int, single: bool = False
+):
     """Jitted, vmapped ``epoch(states, keys, hp, epoch, x, y) -> (states, losses[N, steps])``.
 
     ``keys[i]`` is config ``i``'s RNG stream: the epoch's shuffle and every step's dropout or
@@ -86,7 +99,9 @@ def make_epoch_fn(task: Task, optimizer: str, schedule: str, batch_size: int, n_
     steps = n_train // batch_size
 
     def epoch(state, key, hp, epoch_idx, x, y):
-        perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, _SHUFFLE), epoch_idx), n_train)
+        perm = jax.random.permutation(
+            jax.random.fold_in(jax.random.fold_in(key, _SHUFFLE), epoch_idx), n_train
+        )
         batches = perm[: steps * batch_size].reshape(steps, batch_size)
         noise_key = jax.random.fold_in(key, _NOISE)
 
@@ -96,12 +111,12 @@ def make_epoch_fn(task: Task, optimizer: str, schedule: str, batch_size: int, n_
 
         return jax.lax.scan(body, state, batches)
 
-    vmapped = jax.vmap(epoch, in_axes=(0, 0, 0, None, None, None))
-    return jax.jit(vmapped, donate_argnums=0)
+    mapped = _single(epoch, 3) if single else jax.vmap(epoch, in_axes=(0, 0, 0, None, None, None))
+    return jax.jit(mapped, donate_argnums=0)
 
 
 @functools.lru_cache(maxsize=32)
-def make_eval_fn(task: Task, eval_batch_size: int):
+def make_eval_fn(task: Task, eval_batch_size: int, single: bool = False):
     """Jitted, vmapped ``evaluate(params, x, y, w) -> (mean loss[N], accuracy[N], penalty[N])``.
 
     ``x, y, w`` are padded to a multiple of ``eval_batch_size``; ``w`` is 1 on real examples.
@@ -121,7 +136,8 @@ def make_eval_fn(task: Task, eval_batch_size: int):
         n = jnp.sum(w)
         return loss / n, correct / n, task.penalty(params)
 
-    return jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None)))
+    mapped = _single(evaluate, 1) if single else jax.vmap(evaluate, in_axes=(0, None, None, None))
+    return jax.jit(mapped)
 
 
 def config_keys(seed: int, config_ids) -> jax.Array:
@@ -131,7 +147,7 @@ def config_keys(seed: int, config_ids) -> jax.Array:
 
 
 def initial_states(job: Job, hp: dict[str, np.ndarray], n: int) -> TrainState:
-    """Same initial parameters for every config (``init(PRNGKey(seed))``), per-config optimizer states."""
+    """Same initial parameters for every config (``init(PRNGKey(seed))``), own optimizer states."""
     params = job.task.init(jax.random.PRNGKey(job.seed))
     stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n, *p.shape)), params)
     init = functools.partial(init_state, job.task, job.optimizer, job.schedule)
@@ -159,11 +175,16 @@ def train_chunk(
     """
     n = len(config_ids)
     hp = {k: jnp.asarray(v) for k, v in hp.items()}
-    epoch_fn = make_epoch_fn(job.task, job.optimizer, job.schedule, job.batch_size, data.n_train)
-    eval_fn = make_eval_fn(job.task, data.eval_batch)
+    single = n == 1
+    epoch_fn = make_epoch_fn(
+        job.task, job.optimizer, job.schedule, job.batch_size, data.n_train, single
+    )
+    eval_fn = make_eval_fn(job.task, data.eval_batch, single)
     steps = data.n_train // job.batch_size
     if steps < 1:
-        raise ValueError(f"batch size {job.batch_size} is larger than the {data.n_train} training examples")
+        raise ValueError(
+            f"batch size {job.batch_size} is larger than the {data.n_train} training examples"
+        )
     keys = config_keys(job.seed, config_ids)
     state = initial_states(job, hp, n)
     nan = lambda *shape: np.full(shape, np.nan, np.float32)
@@ -178,7 +199,9 @@ def train_chunk(
         restored = checkpointer.restore(latest, {"state": state, "hist": hist})
         state = jax.tree.map(jnp.asarray, restored["state"])
         hist, start = restored["hist"], latest
-    bar = tqdm(total=job.epochs, initial=start, desc=desc or job.optimizer, unit="epoch", leave=False)
+    bar = tqdm(
+        total=job.epochs, initial=start, desc=desc or job.optimizer, unit="epoch", leave=False
+    )
     try:
         for epoch in range(start, job.epochs):
             state, losses = epoch_fn(state, keys, hp, jnp.int32(epoch), data.x_train, data.y_train)
@@ -189,7 +212,9 @@ def train_chunk(
             hist["test_loss"][:, epoch] = np.asarray(test_loss)
             hist["test_acc"][:, epoch] = np.asarray(test_acc)
             done = epoch + 1
-            if checkpointer is not None and (done % job.checkpoint_every == 0 or done == job.epochs):
+            if checkpointer is not None and (
+                done % job.checkpoint_every == 0 or done == job.epochs
+            ):
                 checkpointer.save(done, {"state": state, "hist": hist})
             finite = hist["epoch_loss"][:, epoch][np.isfinite(hist["epoch_loss"][:, epoch])]
             bar.set_postfix(best=f"{finite.min():.4g}" if finite.size else "nan")
@@ -198,7 +223,9 @@ def train_chunk(
                 return None
     finally:
         bar.close()
-    train_nll, _, penalty = eval_fn(state.params, data.x_train_eval, data.y_train_eval, data.w_train_eval)
+    train_nll, _, penalty = eval_fn(
+        state.params, data.x_train_eval, data.y_train_eval, data.w_train_eval
+    )
     test_loss, test_acc, _ = eval_fn(state.params, data.x_test, data.y_test, data.w_test)
     out = dict(hist)
     out["final_train_nll"] = np.asarray(train_nll)
@@ -214,7 +241,9 @@ def bytes_per_config(job: Job, activation_floats: int) -> int:
     """Rough memory of one config in a vmapped chunk: state, gradients, and activations."""
     hp = {k: jnp.zeros(()) for k in ()}
     shapes = jax.eval_shape(
-        lambda: init_state(job.task, job.optimizer, job.schedule, job.task.init(jax.random.PRNGKey(0)), hp)
+        lambda: init_state(
+            job.task, job.optimizer, job.schedule, job.task.init(jax.random.PRNGKey(0)), hp
+        )
     )
     state_bytes = sum(int(np.prod(s.shape)) * s.dtype.itemsize for s in jax.tree.leaves(shapes))
     return 3 * state_bytes + 4 * job.batch_size * activation_floats * 3

@@ -4,13 +4,16 @@ import itertools
 
 import numpy as np
 import pytest
+
 from adamjax import grid
 
 
 def test_expand_is_cartesian_row_major():
     g = grid.expand({"lr": [1e-3, 1e-2, 1e-1], "b1": [0.0, 0.9], "eps": 1e-8})
     assert len(g) == 6 and g.shape == (3, 2, 1) and g.swept == ("lr", "b1")
-    expected = [dict(lr=a, b1=b, eps=1e-8) for a, b in itertools.product([1e-3, 1e-2, 1e-1], [0.0, 0.9])]
+    expected = [
+        dict(lr=a, b1=b, eps=1e-8) for a, b in itertools.product([1e-3, 1e-2, 1e-1], [0.0, 0.9])
+    ]
     assert g.configs() == expected
     assert [g.label(i) for i in range(6)] == expected
     arrays = g.arrays()
@@ -35,8 +38,12 @@ def test_chunks_cover_grid_in_order():
 
 def test_chunk_size_fits_budget_and_balances():
     assert grid.chunk_size(10, bytes_per_config=100, budget_bytes=10_000) == 10
-    assert grid.chunk_size(10, bytes_per_config=100, budget_bytes=400) == 4  # 4+4+2 -> balanced 4,4,2 max 4
-    assert grid.chunk_size(9, bytes_per_config=100, budget_bytes=400) == 3  # 3 chunks of 3, not 4+4+1
+    assert (
+        grid.chunk_size(10, bytes_per_config=100, budget_bytes=400) == 4
+    )  # 4+4+2 -> balanced 4,4,2 max 4
+    assert (
+        grid.chunk_size(9, bytes_per_config=100, budget_bytes=400) == 3
+    )  # 3 chunks of 3, not 4+4+1
     assert grid.chunk_size(5, bytes_per_config=10**9, budget_bytes=1) == 1
 
 

@@ -17,7 +17,10 @@ def test_shipped_configs_load(name, quick):
 
 
 def test_quick_overrides_and_fig4_grid():
-    full, quick = load_config("fig4_bias_correction"), load_config("fig4_bias_correction", quick=True)
+    full, quick = (
+        load_config("fig4_bias_correction"),
+        load_config("fig4_bias_correction", quick=True),
+    )
     assert full.epochs == 100 and full.report_epochs == (10, 100) and quick.epochs < full.epochs
     adam = full.optimizers["adam"]
     assert adam["bias_correction"] == [True, False] and adam["b2"] == [0.99, 0.999, 0.9999]
@@ -37,8 +40,14 @@ def test_quick_overrides_and_fig4_grid():
         ({"model": "resnet"}, "'model' = 'resnet' must be one of"),
         ({"optimizers": {"adam": {"lr": 0.1}}}, "unknown key 'optimizers.adam.lr'"),
         ({"optimizers": {"adam": {"b1": [0.9, 1.0]}}}, "optimizers.adam.b1: 1.0 out of range"),
-        ({"optimizers": {"adam": {"learning_rate": -1.0}}}, "optimizers.adam.learning_rate: -1.0 out of range"),
-        ({"optimizers": {"adam": {"bias_correction": 1}}}, "optimizers.adam.bias_correction: expected true/false"),
+        (
+            {"optimizers": {"adam": {"learning_rate": -1.0}}},
+            "optimizers.adam.learning_rate: -1.0 out of range",
+        ),
+        (
+            {"optimizers": {"adam": {"bias_correction": 1}}},
+            "optimizers.adam.bias_correction: expected true/false",
+        ),
         ({"optimizers": {"lion": {}}}, "unknown optimizer 'lion'"),
         ({"quick": {"epochs": -1}}, "'epochs' = -1 must be >= 1"),
         ({"variants": {"a": {"plot": "curves"}}}, "unknown key 'plot'"),
@@ -53,7 +62,14 @@ def test_cli_help_lists_experiments(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     out = capsys.readouterr().out
-    for name in ("fig1_logreg", "fig2_mlp", "fig3_cnn", "fig4_bias_correction", "--quick", "--resume"):
+    for name in (
+        "fig1_logreg",
+        "fig2_mlp",
+        "fig3_cnn",
+        "fig4_bias_correction",
+        "--quick",
+        "--resume",
+    ):
         assert name in out
 
 

@@ -23,7 +23,10 @@ def write_dataset(root, n_train=6, n_test=4, gz=True):
     md5 = {}
     for split, n in (("train", n_train), ("test", n_test)):
         images, labels = data.DATASETS["mnist"].files[split]
-        for name, arr in ((images, rng.integers(0, 256, (n, 28, 28))), (labels, rng.integers(0, 10, n))):
+        for name, arr in (
+            (images, rng.integers(0, 256, (n, 28, 28))),
+            (labels, rng.integers(0, 10, n)),
+        ):
             raw = idx_bytes(arr)
             md5[name] = hashlib.md5(raw).hexdigest()
             if gz:
@@ -69,7 +72,9 @@ def test_truncated_file(isolated):
     path = isolated / "mnist" / "train-images-idx3-ubyte.gz"
     raw = gzip.decompress(path.read_bytes())
     path.write_bytes(gzip.compress(raw[:-100]))
-    with pytest.raises(data.CorruptFileError, match="truncated.*train-images|train-images.*truncated"):
+    with pytest.raises(
+        data.CorruptFileError, match="truncated.*train-images|train-images.*truncated"
+    ):
         data.load("mnist", "train", isolated, verify=False)
 
 
@@ -91,7 +96,10 @@ def test_wrong_magic(isolated):
 
 def test_wrong_checksum(isolated):
     write_dataset(isolated)
-    with pytest.raises(data.ChecksumError, match="t10k-images-idx3-ubyte.gz.*expected 2646ac647ad5339dbf082846283269ea"):
+    with pytest.raises(
+        data.ChecksumError,
+        match="t10k-images-idx3-ubyte.gz.*expected 2646ac647ad5339dbf082846283269ea",
+    ):
         data.load("mnist", "test", isolated)
 
 
@@ -99,7 +107,10 @@ def test_missing_files_say_where_we_looked(isolated):
     with pytest.raises(data.DatasetNotFoundError) as info:
         data.load("mnist", "train", isolated / "nowhere")
     msg = str(info.value)
-    assert str(isolated / "nowhere" / "mnist") in msg and str(isolated / "cache" / "adamjax" / "mnist") in msg
+    assert (
+        str(isolated / "nowhere" / "mnist") in msg
+        and str(isolated / "cache" / "adamjax" / "mnist") in msg
+    )
     assert "ADAMJAX_DATA_DIR" in msg and "train-images-idx3-ubyte" in msg
 
 

@@ -25,12 +25,22 @@ def test_classifier_shapes_and_initial_loss(model):
 
 def test_paper_layer_sizes():
     mlp = make_task("mlp").init(jax.random.PRNGKey(0))
-    assert mlp["hidden0"]["kernel"].shape == (784, 1000) and mlp["hidden1"]["kernel"].shape == (1000, 1000)
+    assert mlp["hidden0"]["kernel"].shape == (784, 1000) and mlp["hidden1"]["kernel"].shape == (
+        1000,
+        1000,
+    )
     cnn = make_task("cnn").init(jax.random.PRNGKey(0))
-    assert [cnn[f"conv{i}"]["kernel"].shape for i in range(3)] == [(5, 5, 1, 64), (5, 5, 64, 64), (5, 5, 64, 128)]
+    assert [cnn[f"conv{i}"]["kernel"].shape for i in range(3)] == [
+        (5, 5, 1, 64),
+        (5, 5, 64, 64),
+        (5, 5, 64, 128),
+    ]
     assert cnn["fc"]["kernel"].shape == (4 * 4 * 128, 1000)
     vae = make_task("vae").init(jax.random.PRNGKey(0))
-    assert vae["enc_hidden"]["kernel"].shape == (784, 500) and vae["enc_mean"]["kernel"].shape == (500, 50)
+    assert vae["enc_hidden"]["kernel"].shape == (784, 500) and vae["enc_mean"]["kernel"].shape == (
+        500,
+        50,
+    )
 
 
 def test_l2_penalty_counts_kernels_only():

@@ -1,4 +1,4 @@
-"""Training: vmapped grid == separate runs, divergence isolation, bit-exact resume, killed checkpoint."""
+"""Training: vmapped grid == separate runs, NaN isolation, bit-exact resume, killed checkpoint."""
 
 import dataclasses
 import json
@@ -42,9 +42,15 @@ def test_vmapped_grid_equals_separate_runs_and_isolates_nan(job, tiny_data):
     assert together["diverged"].tolist() == [False, False, True]
     assert np.isfinite(together["iter_loss"][:2]).all()
     for i in range(2):
-        alone = train_chunk(job, tiny_data, {k: v[i : i + 1] for k, v in hp.items()}, ids[i : i + 1])
-        np.testing.assert_allclose(together["iter_loss"][i], alone["iter_loss"][0], rtol=2e-5, atol=1e-6)
-        np.testing.assert_allclose(together["final_test_acc"][i], alone["final_test_acc"][0], atol=1e-6)
+        alone = train_chunk(
+            job, tiny_data, {k: v[i : i + 1] for k, v in hp.items()}, ids[i : i + 1]
+        )
+        np.testing.assert_allclose(
+            together["iter_loss"][i], alone["iter_loss"][0], rtol=2e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            together["final_test_acc"][i], alone["final_test_acc"][0], atol=1e-6
+        )
     # training helps: the loss goes down from ln(10)
     assert together["epoch_loss"][1, -1] < together["epoch_loss"][1, 0] < 2.3
 
@@ -58,7 +64,10 @@ def test_each_config_has_its_own_rng_stream(job, tiny_data):
 def _curves(out: Path) -> dict:
     report = json.loads((out / "results.json").read_text())
     return {
-        (v, o): [(p["epoch_train_loss"], p["final_train_loss"], p["test_loss"], p["test_accuracy"]) for p in e["grid"]]
+        (v, o): [
+            (p["epoch_train_loss"], p["final_train_loss"], p["test_loss"], p["test_accuracy"])
+            for p in e["grid"]
+        ]
         for v, per in report["variants"].items()
         for o, e in per.items()
     }
@@ -67,7 +76,9 @@ def _curves(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("full")
-    report = run_experiment(from_dict("tiny", TINY), out, data_dir=data_dir, plot=False, log=lambda *_: None)
+    report = run_experiment(
+        from_dict("tiny", TINY), out, data_dir=data_dir, plot=False, log=lambda *_: None
+    )
     return out, report
 
 
@@ -76,17 +87,23 @@ def test_results_json_and_csvs(uninterrupted):
     adam = report["variants"]["main"]["adam"]
     assert adam["swept"] == ["learning_rate"] and len(adam["grid"]) == 2
     best = adam["best"]
-    assert best["final_train_loss"] == min(p["final_train_loss"] for p in adam["grid"]) or best["index"] in (0, 1)
+    assert best["final_train_loss"] == min(p["final_train_loss"] for p in adam["grid"]) or best[
+        "index"
+    ] in (0, 1)
     assert len(best["epoch_train_loss"]) == 3 and len(best["iter_train_loss"]) == 3 * 4
     assert 0.5 < best["test_accuracy"] <= 1 and best["diverged"] is False
     lines = (out / "curves" / "main_adam_epochs.csv").read_text().splitlines()
-    assert lines[0].startswith("grid_index,learning_rate,epoch,train_loss") and len(lines) == 1 + 2 * 3
+    assert (
+        lines[0].startswith("grid_index,learning_rate,epoch,train_loss") and len(lines) == 1 + 2 * 3
+    )
 
 
 def test_resume_is_bit_exact(uninterrupted, tmp_path, data_dir):
     cfg = from_dict("tiny", TINY)
     with pytest.raises(RunInterrupted):
-        run_experiment(cfg, tmp_path, data_dir=data_dir, plot=False, stop_after=1, log=lambda *_: None)
+        run_experiment(
+            cfg, tmp_path, data_dir=data_dir, plot=False, stop_after=1, log=lambda *_: None
+        )
     assert not (tmp_path / "results.json").exists()
     run_experiment(cfg, tmp_path, data_dir=data_dir, plot=False, resume=True, log=lambda *_: None)
     assert _curves(tmp_path) == _curves(uninterrupted[0])
@@ -95,9 +112,13 @@ def test_resume_is_bit_exact(uninterrupted, tmp_path, data_dir):
 def test_resume_rejects_a_different_config(uninterrupted, tmp_path, data_dir):
     cfg = from_dict("tiny", TINY)
     with pytest.raises(RunInterrupted):
-        run_experiment(cfg, tmp_path, data_dir=data_dir, plot=False, stop_after=1, log=lambda *_: None)
+        run_experiment(
+            cfg, tmp_path, data_dir=data_dir, plot=False, stop_after=1, log=lambda *_: None
+        )
     with pytest.raises(ValueError, match="different config"):
-        run_experiment(dataclasses.replace(cfg, seed=1), tmp_path, data_dir=data_dir, resume=True, plot=False)
+        run_experiment(
+            dataclasses.replace(cfg, seed=1), tmp_path, data_dir=data_dir, resume=True, plot=False
+        )
 
 
 KILL_SCRIPT = """
@@ -119,11 +140,22 @@ run_experiment(from_dict("tiny", eval(sys.argv[2])), sys.argv[1], plot=False)
 def test_killed_while_checkpointing_resumes_from_last_complete(uninterrupted, tmp_path, data_dir):
     env = {**os.environ, "ADAMJAX_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, str(tmp_path), repr(TINY)], env=env, cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-c", KILL_SCRIPT, str(tmp_path), repr(TINY)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 137, proc.stderr[-2000:]
     ckpt = tmp_path / "ckpt" / "main" / "adam" / "chunk0"
     names = sorted(p.name for p in ckpt.iterdir())
     assert "1" in names and "2" not in names and any("tmp" in n for n in names), names
-    run_experiment(from_dict("tiny", TINY), tmp_path, data_dir=data_dir, plot=False, resume=True, log=lambda *_: None)
+    run_experiment(
+        from_dict("tiny", TINY),
+        tmp_path,
+        data_dir=data_dir,
+        plot=False,
+        resume=True,
+        log=lambda *_: None,
+    )
     assert _curves(tmp_path) == _curves(uninterrupted[0])
