@@ -1,0 +1,513 @@
+// Fused Adam-family steps for the CPU, bound to JAX through the XLA FFI.
+//
+// One pass over contiguous buffers: params and grads are float32, the moment state float32
+// or bfloat16 (loaded as float32, stored rounded to nearest even, NaN kept as a quiet NaN
+// of the same sign, like XLA's convert). The math runs in float32 in exactly the order of
+// the composed pure-JAX chain of adamjax (scale_by_moments, bias_correct, precondition,
+// scale_by_lr, apply_updates) as XLA compiles it for the CPU, without FMA contraction, so
+// that the results are the same bit for bit. (XLA's simplifier turns the bias corrections
+// `m / broadcast(1 - b1**t)` into `m * broadcast(1 / (1 - b1**t))`; the kernel receives
+// those reciprocals.) Every hyperparameter arrives at run time, one row of a float32 operand per
+// config (a leading vmap axis becomes several rows; see kNumHyper).
+//
+// Vectorisation is left to the compiler; the loops are compiled three times (AVX-512,
+// AVX2, baseline x86-64) and the widest one the CPU supports is picked once at load time.
+// Threads: the work is cut into chunks that the calling thread and the tasks it puts on
+// XLA's intra-op thread pool claim from a shared counter, so that nothing waits for a task
+// that has not started (no deadlock when the pool is busy) and a loaded core does less.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <memory>
+#include <thread>
+#include <type_traits>
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <immintrin.h>
+#define ADAMJAX_X86 1
+#else
+#define ADAMJAX_X86 0
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ADAMJAX_INLINE inline __attribute__((always_inline))
+#define ADAMJAX_RESTRICT __restrict__
+#else
+#define ADAMJAX_INLINE inline
+#define ADAMJAX_RESTRICT
+#endif
+
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Hyperparameters: one row of kNumHyper float32 values per config, computed by the Python
+// binding with the same JAX expressions as the pure path (so they match it bit for bit).
+enum HyperIndex : int {
+  kNegLr = 0,    // -learning_rate
+  kB1 = 1,       // b1
+  kOneMinusB1 = 2,
+  kB2 = 3,       // b2
+  kOneMinusB2 = 4,
+  kEps = 5,
+  kInvC1 = 6,    // 1 / (1 - b1**t), or 1 without bias correction
+  kInvC2 = 7,    // 1 / (1 - b2**t), or 1
+  kContract = 8,  // 1: fuse a*b + c into one FMA where XLA's CPU code does, 0: never
+  kNumHyper = 9,
+};
+
+struct Hyper {
+  float neg_lr, b1, omb1, b2, omb2, eps, inv_c1, inv_c2;
+};
+
+ADAMJAX_INLINE Hyper LoadHyper(const float* row) {
+  return Hyper{row[kNegLr], row[kB1], row[kOneMinusB1], row[kB2],
+               row[kOneMinusB2], row[kEps], row[kInvC1], row[kInvC2]};
+}
+
+// ---------------------------------------------------------------------------------------
+// Storage types of the moments.
+struct Bf16 {
+  uint16_t bits;
+};
+
+ADAMJAX_INLINE float Load(const float* p, size_t i) { return p[i]; }
+ADAMJAX_INLINE float Load(const Bf16* p, size_t i) {
+  uint32_t b = static_cast<uint32_t>(p[i].bits) << 16;
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+ADAMJAX_INLINE void Store(float* p, size_t i, float x) { p[i] = x; }
+ADAMJAX_INLINE void Store(Bf16* p, size_t i, float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  // Round to nearest, ties to even; a NaN becomes the quiet NaN 0x7fc0 with its sign.
+  uint32_t rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+  uint32_t qnan = ((b >> 16) & 0x8000u) | 0x7fc0u;
+  bool is_nan = (b & 0x7fffffffu) > 0x7f800000u;
+  p[i].bits = static_cast<uint16_t>(is_nan ? qnan : rounded);
+}
+
+// max() that propagates NaN from either side, like XLA's maximum.
+ADAMJAX_INLINE float MaxNan(float a, float b) {
+  float r = a > b ? a : b;
+  r = (b != b) ? b : r;
+  return (a != a) ? a : r;
+}
+
+// a * b + c, rounded once (kFma, as XLA's CPU compiler contracts it) or twice.
+template <bool kFma>
+ADAMJAX_INLINE float MulAdd(float a, float b, float c) {
+  if constexpr (kFma) {
+    return std::fma(a, b, c);
+  } else {
+    return a * b + c;
+  }
+}
+
+// decay * old + w * x for the moment EMAs, rounded like XLA's CPU code: with contraction,
+// LLVM fuses the product of the float32 state (old * decay) into the FMA, but the other
+// product (x * w) when the state was widened from bfloat16. (The binding checks this
+// against XLA at load time.)
+template <bool kFma, bool kFromBf16>
+ADAMJAX_INLINE float Ema(float decay, float old, float w, float x) {
+  if constexpr (!kFma) {
+    return decay * old + w * x;
+  } else if constexpr (kFromBf16) {
+    return std::fma(w, x, decay * old);
+  } else {
+    return std::fma(decay, old, w * x);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The loops. `p` is updated in place (apply), or `g` is overwritten with the update
+// (update mode: the updates buffer aliases the gradients). All pointers are distinct.
+enum class Algo { kAdam, kAdaMax };
+
+template <Algo A, bool kApply, bool kFma, typename MT, typename VT>
+ADAMJAX_INLINE void StepLoop(size_t n, float* ADAMJAX_RESTRICT p, float* ADAMJAX_RESTRICT g,
+                             MT* ADAMJAX_RESTRICT m, VT* ADAMJAX_RESTRICT v, const Hyper h) {
+  const float neg_lr = h.neg_lr, b1 = h.b1, omb1 = h.omb1, b2 = h.b2, omb2 = h.omb2,
+              eps = h.eps, inv_c1 = h.inv_c1, inv_c2 = h.inv_c2;
+  for (size_t i = 0; i < n; ++i) {
+    const float gi = g[i];
+    constexpr bool kMb = std::is_same_v<MT, Bf16>, kVb = std::is_same_v<VT, Bf16>;
+    const float mi = Ema<kFma, kMb>(b1, Load(m, i), omb1, gi);  // scale_by_moments
+    float d;
+    if constexpr (A == Algo::kAdam) {
+      const float vi = Ema<kFma, kVb>(b2, Load(v, i), omb2, gi * gi);
+      Store(v, i, vi);
+      d = (mi * inv_c1) / (std::sqrt(vi * inv_c2) + eps);  // bias_correct, precondition
+    } else {
+      const float ui = MaxNan(b2 * Load(v, i), std::fabs(gi));
+      Store(v, i, ui);
+      d = (mi * inv_c1) / (ui + eps);
+    }
+    Store(m, i, mi);
+    if constexpr (kApply) {
+      p[i] = MulAdd<kFma>(neg_lr, d, p[i]);  // scale_by_lr, apply_updates
+    } else {
+      g[i] = neg_lr * d;  // scale_by_lr
+    }
+  }
+}
+
+// The reference "roofline": the same 28 bytes per element as the float32 apply, trivial math.
+ADAMJAX_INLINE void RooflineLoop(size_t n, float* ADAMJAX_RESTRICT p,
+                                 const float* ADAMJAX_RESTRICT g, float* ADAMJAX_RESTRICT m,
+                                 float* ADAMJAX_RESTRICT v) {
+  for (size_t i = 0; i < n; ++i) {
+    const float gi = g[i];
+    m[i] = m[i] + gi;
+    v[i] = v[i] + gi;
+    p[i] = p[i] + gi;
+  }
+}
+
+// One entry per (algorithm, mode, m dtype, v dtype) and the roofline, for each ISA.
+using StepFn = void (*)(size_t, float*, float*, void*, void*, const Hyper&);
+using RooflineFn = void (*)(size_t, float*, const float*, float*, float*);
+
+struct KernelTable {
+  const char* isa;
+  StepFn step[2][2][2][2][2];  // [algo][apply][fma][m is bf16][v is bf16]
+  RooflineFn roofline;
+};
+
+#define ADAMJAX_DEFINE_ISA(NS, TARGET_ATTR, ISA_NAME)                                     \
+  namespace NS {                                                                          \
+  template <Algo A, bool kApply, bool kFma, typename MT, typename VT>                     \
+  TARGET_ATTR void Step(size_t n, float* p, float* g, void* m, void* v, const Hyper& h) { \
+    StepLoop<A, kApply, kFma, MT, VT>(n, p, g, static_cast<MT*>(m), static_cast<VT*>(v),  \
+                                      h);                                                 \
+  }                                                                                       \
+  TARGET_ATTR void Roofline(size_t n, float* p, const float* g, float* m, float* v) {     \
+    RooflineLoop(n, p, g, m, v);                                                          \
+  }                                                                                       \
+  template <Algo A, bool kApply, bool kFma>                                               \
+  void Fill(KernelTable& t) {                                                             \
+    const int a = A == Algo::kAdam ? 0 : 1;                                               \
+    t.step[a][kApply][kFma][0][0] = &Step<A, kApply, kFma, float, float>;                 \
+    t.step[a][kApply][kFma][0][1] = &Step<A, kApply, kFma, float, Bf16>;                  \
+    t.step[a][kApply][kFma][1][0] = &Step<A, kApply, kFma, Bf16, float>;                  \
+    t.step[a][kApply][kFma][1][1] = &Step<A, kApply, kFma, Bf16, Bf16>;                   \
+  }                                                                                       \
+  template <bool kFma>                                                                    \
+  void FillAll(KernelTable& t) {                                                          \
+    Fill<Algo::kAdam, false, kFma>(t);                                                    \
+    Fill<Algo::kAdam, true, kFma>(t);                                                     \
+    Fill<Algo::kAdaMax, false, kFma>(t);                                                  \
+    Fill<Algo::kAdaMax, true, kFma>(t);                                                   \
+  }                                                                                       \
+  KernelTable Table() {                                                                   \
+    KernelTable t{};                                                                      \
+    t.isa = ISA_NAME;                                                                     \
+    FillAll<false>(t);                                                                    \
+    FillAll<true>(t);                                                                     \
+    t.roofline = &Roofline;                                                               \
+    return t;                                                                             \
+  }                                                                                       \
+  }  // namespace NS
+
+ADAMJAX_DEFINE_ISA(isa_base, , "baseline")
+#if ADAMJAX_X86 && (defined(__GNUC__) || defined(__clang__))
+#define ADAMJAX_MULTI_ISA 1
+ADAMJAX_DEFINE_ISA(isa_avx2, __attribute__((target("avx2,fma"))), "avx2")
+ADAMJAX_DEFINE_ISA(isa_avx512,
+                   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,"
+                                         "prefer-vector-width=512"))),
+                   "avx512")
+#else
+#define ADAMJAX_MULTI_ISA 0
+#endif
+
+KernelTable SelectTable() {
+#if ADAMJAX_MULTI_ISA
+  __builtin_cpu_init();
+  const char* force = std::getenv("ADAMJAX_NATIVE_ISA");  // "baseline", "avx2" or "avx512"
+  const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool has512 = has2 && __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512dq");
+  if (force != nullptr && std::strcmp(force, "baseline") == 0) return isa_base::Table();
+  if (force != nullptr && std::strcmp(force, "avx2") == 0 && has2) return isa_avx2::Table();
+  if (has512) return isa_avx512::Table();
+  if (has2) return isa_avx2::Table();
+#endif
+  return isa_base::Table();
+}
+
+const KernelTable& Kernels() {
+  static const KernelTable table = SelectTable();
+  return table;
+}
+
+// ---------------------------------------------------------------------------------------
+// Parallel loop over [0, total) in chunks, on the calling thread plus XLA's intra-op pool.
+constexpr size_t kChunk = size_t{1} << 16;      // elements per claimed chunk (64 Ki)
+constexpr size_t kSerialBelow = size_t{1} << 17;  // smaller buffers run on the caller only
+
+int MaxThreadsFromEnv() {
+  const char* s = std::getenv("ADAMJAX_NATIVE_THREADS");
+  if (s == nullptr || *s == '\0') return 0;
+  return std::max(1, std::atoi(s));
+}
+
+template <typename Body>
+struct ParallelJob {
+  explicit ParallelJob(Body b, size_t t, size_t c)
+      : body(std::move(b)), total(t), chunks(c) {}
+  Body body;
+  size_t total;
+  size_t chunks;
+  std::atomic<size_t> next{0};
+  std::atomic<size_t> done{0};
+#if ADAMJAX_X86
+  unsigned int mxcsr = _mm_getcsr();  // denormal flags of the caller (XLA flushes them)
+#endif
+
+  // Claims and runs chunks until none is left.
+  void Work() {
+    for (;;) {
+      const size_t c = next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= chunks) return;
+      const size_t lo = c * kChunk;
+      const size_t hi = std::min(total, lo + kChunk);
+      body(lo, hi);
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+template <typename Body>
+void ParallelFor(ffi::ThreadPool& pool, size_t total, Body body) {
+  if (total == 0) return;
+  int64_t threads = total < kSerialBelow ? 1 : pool.num_threads();
+  const int cap = MaxThreadsFromEnv();
+  if (cap > 0) threads = std::min<int64_t>(threads, cap);
+  const size_t chunks = (total + kChunk - 1) / kChunk;
+  if (threads <= 1 || chunks <= 1) {
+    body(0, total);
+    return;
+  }
+  auto job = std::make_shared<ParallelJob<Body>>(std::move(body), total, chunks);
+  const int64_t helpers = std::min<int64_t>(threads - 1, static_cast<int64_t>(chunks) - 1);
+  for (int64_t k = 0; k < helpers; ++k) {
+    pool.Schedule([job]() {
+#if ADAMJAX_X86
+      const unsigned int saved = _mm_getcsr();
+      _mm_setcsr(job->mxcsr);
+      job->Work();
+      _mm_setcsr(saved);
+#else
+      job->Work();
+#endif
+    });
+  }
+  job->Work();
+  // Every chunk is claimed now; wait only for those that running helpers still hold.
+  size_t spins = 0;
+  while (job->done.load(std::memory_order_acquire) < chunks) {
+    if (++spins < 4096) {
+#if ADAMJAX_X86
+      _mm_pause();
+#endif
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// FFI handlers.
+bool IsStateType(ffi::DataType t) { return t == ffi::DataType::F32 || t == ffi::DataType::BF16; }
+
+ffi::Error CheckSameCount(const char* what, size_t n, size_t expected) {
+  if (n != expected) {
+    return ffi::Error::InvalidArgument(std::string("adamjax native: ") + what +
+                                       " does not have as many elements as grads");
+  }
+  return ffi::Error::Success();
+}
+
+// Rows of hyperparameters -> number of configs, and elements per config.
+ffi::Error ConfigLayout(const ffi::Buffer<ffi::F32>& hyper, size_t total, size_t* configs,
+                        size_t* per_config) {
+  const size_t h = hyper.element_count();
+  if (h == 0 || h % kNumHyper != 0) {
+    return ffi::Error::InvalidArgument("adamjax native: hyper must hold rows of 9 floats");
+  }
+  *configs = h / kNumHyper;
+  if (total % *configs != 0) {
+    return ffi::Error::InvalidArgument(
+        "adamjax native: the leading (config) axes of params and hyper do not match");
+  }
+  *per_config = total / *configs;
+  return ffi::Error::Success();
+}
+
+// Shared by the apply and update handlers. `first_src`/`first` is params (apply) or the
+// grads that the updates overwrite (update).
+template <Algo A, bool kApply>
+ffi::Error RunStep(ffi::ThreadPool& pool, const ffi::AnyBuffer* p_in, const ffi::AnyBuffer& g_in,
+                   const ffi::AnyBuffer& m_in, const ffi::AnyBuffer& v_in,
+                   const ffi::Buffer<ffi::F32>& hyper, ffi::AnyBuffer& first_out,
+                   ffi::AnyBuffer& m_out, ffi::AnyBuffer& v_out) {
+  const size_t total = g_in.element_count();
+  if (g_in.element_type() != ffi::DataType::F32 ||
+      first_out.element_type() != ffi::DataType::F32 ||
+      (p_in != nullptr && p_in->element_type() != ffi::DataType::F32)) {
+    return ffi::Error::InvalidArgument("adamjax native: params and grads must be float32");
+  }
+  if (!IsStateType(m_in.element_type()) || !IsStateType(v_in.element_type()) ||
+      m_out.element_type() != m_in.element_type() ||
+      v_out.element_type() != v_in.element_type()) {
+    return ffi::Error::InvalidArgument("adamjax native: moments must be float32 or bfloat16");
+  }
+  if (auto e = CheckSameCount("m", m_in.element_count(), total); e.failure()) return e;
+  if (auto e = CheckSameCount("v", v_in.element_count(), total); e.failure()) return e;
+  if (auto e = CheckSameCount("an output", first_out.element_count(), total); e.failure()) {
+    return e;
+  }
+  if (p_in != nullptr) {
+    if (auto e = CheckSameCount("params", p_in->element_count(), total); e.failure()) return e;
+  }
+  if (total == 0) return ffi::Error::Success();
+  size_t configs = 0, per_config = 0;
+  if (auto e = ConfigLayout(hyper, total, &configs, &per_config); e.failure()) return e;
+
+  // Outputs alias the inputs under input_output_aliases; copy if XLA ever hands us two
+  // buffers, so that the kernel always works in place.
+  const size_t mw = m_in.element_type() == ffi::DataType::BF16 ? 2 : 4;
+  const size_t vw = v_in.element_type() == ffi::DataType::BF16 ? 2 : 4;
+  float* first = static_cast<float*>(first_out.untyped_data());
+  void* m = m_out.untyped_data();
+  void* v = v_out.untyped_data();
+  const void* first_src = kApply ? p_in->untyped_data() : g_in.untyped_data();
+  if (first != first_src) std::memcpy(first, first_src, total * 4);
+  if (m != m_in.untyped_data()) std::memcpy(m, m_in.untyped_data(), total * mw);
+  if (v != v_in.untyped_data()) std::memcpy(v, v_in.untyped_data(), total * vw);
+
+  float* p = kApply ? first : nullptr;
+  float* g = kApply ? static_cast<float*>(g_in.untyped_data()) : first;
+  const bool mb = mw == 2, vb = vw == 2;
+  const float* rows = hyper.typed_data();
+  // One program holds one contraction mode (it comes from how XLA compiles, not from data).
+  const bool fma = rows[kContract] != 0.0f;
+  const StepFn fn = Kernels().step[A == Algo::kAdam ? 0 : 1][kApply][fma][mb][vb];
+
+  ParallelFor(pool, total, [=](size_t lo, size_t hi) {
+    while (lo < hi) {
+      const size_t cfg = lo / per_config;
+      const size_t end = std::min(hi, (cfg + 1) * per_config);
+      const Hyper h = LoadHyper(rows + cfg * kNumHyper);
+      char* mc = static_cast<char*>(m) + lo * mw;
+      char* vc = static_cast<char*>(v) + lo * vw;
+      fn(end - lo, kApply ? p + lo : nullptr, g + lo, mc, vc, h);
+      lo = end;
+    }
+  });
+  return ffi::Error::Success();
+}
+
+template <Algo A>
+ffi::Error ApplyImpl(ffi::ThreadPool pool, ffi::AnyBuffer p_in, ffi::AnyBuffer g_in,
+                     ffi::AnyBuffer m_in, ffi::AnyBuffer v_in, ffi::Buffer<ffi::F32> hyper,
+                     ffi::Result<ffi::AnyBuffer> p_out, ffi::Result<ffi::AnyBuffer> m_out,
+                     ffi::Result<ffi::AnyBuffer> v_out) {
+  return RunStep<A, true>(pool, &p_in, g_in, m_in, v_in, hyper, *p_out, *m_out, *v_out);
+}
+
+template <Algo A>
+ffi::Error UpdateImpl(ffi::ThreadPool pool, ffi::AnyBuffer g_in, ffi::AnyBuffer m_in,
+                      ffi::AnyBuffer v_in, ffi::Buffer<ffi::F32> hyper,
+                      ffi::Result<ffi::AnyBuffer> u_out, ffi::Result<ffi::AnyBuffer> m_out,
+                      ffi::Result<ffi::AnyBuffer> v_out) {
+  return RunStep<A, false>(pool, nullptr, g_in, m_in, v_in, hyper, *u_out, *m_out, *v_out);
+}
+
+ffi::Error RooflineImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p_in,
+                        ffi::Buffer<ffi::F32> g_in, ffi::Buffer<ffi::F32> m_in,
+                        ffi::Buffer<ffi::F32> v_in, ffi::Result<ffi::Buffer<ffi::F32>> p_out,
+                        ffi::Result<ffi::Buffer<ffi::F32>> m_out,
+                        ffi::Result<ffi::Buffer<ffi::F32>> v_out) {
+  const size_t total = p_in.element_count();
+  if (g_in.element_count() != total || m_in.element_count() != total ||
+      v_in.element_count() != total) {
+    return ffi::Error::InvalidArgument("adamjax native roofline: sizes differ");
+  }
+  float* p = p_out->typed_data();
+  float* m = m_out->typed_data();
+  float* v = v_out->typed_data();
+  if (p != p_in.typed_data()) std::memcpy(p, p_in.typed_data(), total * 4);
+  if (m != m_in.typed_data()) std::memcpy(m, m_in.typed_data(), total * 4);
+  if (v != v_in.typed_data()) std::memcpy(v, v_in.typed_data(), total * 4);
+  const float* g = g_in.typed_data();
+  const RooflineFn fn = Kernels().roofline;
+  ParallelFor(pool, total, [=](size_t lo, size_t hi) {
+    fn(hi - lo, p + lo, g + lo, m + lo, v + lo);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define ADAMJAX_APPLY_BINDING  \
+  ffi::Ffi::Bind()              \
+      .Ctx<ffi::ThreadPool>()   \
+      .Arg<ffi::AnyBuffer>()    \
+      .Arg<ffi::AnyBuffer>()    \
+      .Arg<ffi::AnyBuffer>()    \
+      .Arg<ffi::AnyBuffer>()    \
+      .Arg<ffi::Buffer<ffi::F32>>() \
+      .Ret<ffi::AnyBuffer>()    \
+      .Ret<ffi::AnyBuffer>()    \
+      .Ret<ffi::AnyBuffer>()
+
+#define ADAMJAX_UPDATE_BINDING \
+  ffi::Ffi::Bind()              \
+      .Ctx<ffi::ThreadPool>()   \
+      .Arg<ffi::AnyBuffer>()    \
+      .Arg<ffi::AnyBuffer>()    \
+      .Arg<ffi::AnyBuffer>()    \
+      .Arg<ffi::Buffer<ffi::F32>>() \
+      .Ret<ffi::AnyBuffer>()    \
+      .Ret<ffi::AnyBuffer>()    \
+      .Ret<ffi::AnyBuffer>()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamApply, ApplyImpl<Algo::kAdam>, ADAMJAX_APPLY_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamUpdate, UpdateImpl<Algo::kAdam>, ADAMJAX_UPDATE_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxApply, ApplyImpl<Algo::kAdaMax>,
+                              ADAMJAX_APPLY_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxUpdate, UpdateImpl<Algo::kAdaMax>,
+                              ADAMJAX_UPDATE_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxRoofline, RooflineImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+// Plain C entry points for diagnostics (loaded with ctypes).
+extern "C" __attribute__((visibility("default"))) const char* AdamjaxNativeIsa() {
+  return Kernels().isa;
+}
+extern "C" __attribute__((visibility("default"))) int AdamjaxNativeHyperWidth() {
+  return kNumHyper;
+}

@@ -1,0 +1,202 @@
+"""Time one Adam step on a single float32 tensor: the native kernel against its rooflines.
+
+    python -m adamjax.native.bench [--n 50000000] [--repeats 15]
+
+Rows (median of ``repeats`` timed steps after warm-up, each in one process):
+
+- ``native_roofline``: :func:`adamjax.native.roofline_step` through the FFI (28 B/param,
+  trivial math, the kernel's own threads): the floor for the native step.
+- ``c_openmp_roofline``: the same loop in plain C with OpenMP, built here with the
+  machine's compiler (skipped without one): checks that the FFI roofline is the machine's.
+- ``adamjax_native_apply``: :func:`adamjax.native.adam_apply`, jitted, buffers donated.
+- ``optax_adam_donated``: ``optax.adam`` + ``optax.apply_updates``, jitted and donated.
+- ``torch_adam_fused`` / ``torch_adam_foreach``: ``torch.optim.Adam`` when torch is installed.
+
+:func:`run` returns the rows as a dict, for the project benchmark to reuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+BYTES_PER_PARAM = 28  # read p, g, m, v; write p, m, v (float32)
+
+_C_ROOFLINE = r"""
+#include <stddef.h>
+void roofline(size_t n, float* restrict p, const float* restrict g, float* restrict m,
+              float* restrict v) {
+  #pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; ++i) {
+    float gi = g[i];
+    m[i] += gi; v[i] += gi; p[i] += gi;
+  }
+}
+"""
+
+
+def _median_time(step: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _c_roofline(n: int, repeats: int) -> float | None:
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        src, lib = os.path.join(d, "r.c"), os.path.join(d, "r.so")
+        with open(src, "w") as f:
+            f.write(_C_ROOFLINE)
+        try:
+            subprocess.run(
+                [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", src, "-o", lib],
+                check=True,
+                capture_output=True,
+            )
+        except (subprocess.CalledProcessError, OSError):
+            return None
+        fn = ctypes.CDLL(lib).roofline
+        fp = ctypes.POINTER(ctypes.c_float)
+        fn.argtypes = [ctypes.c_size_t, fp, fp, fp, fp]
+        arrs = [np.ones(n, np.float32) for _ in range(4)]
+        ptrs = [a.ctypes.data_as(fp) for a in arrs]
+        return _median_time(lambda: fn(n, *ptrs), repeats)
+
+
+def run(n: int = 50_000_000, repeats: int = 15, torch_rows: bool = True) -> dict[str, Any]:
+    """Median seconds per step for each row, plus bandwidths and ratios."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from adamjax import native
+
+    rows: dict[str, float] = {}
+    rng = np.random.default_rng(0)
+    g_host = rng.standard_normal(n, dtype=np.float32)
+
+    def fresh():
+        return jnp.asarray(g_host), jnp.zeros(n, jnp.float32), jnp.zeros(n, jnp.float32)
+
+    if native.native_available():
+        roof = jax.jit(native.roofline_step, donate_argnums=(0, 2, 3))
+        p = jnp.zeros(n, jnp.float32)
+        g, m, v = fresh()
+        state = [p, m, v]
+
+        def roof_step():
+            state[:] = roof(state[0], g, state[1], state[2])
+            state[0].block_until_ready()
+
+        rows["native_roofline"] = _median_time(roof_step, repeats)
+        del state[:]
+
+        apply = jax.jit(native.adam_apply, donate_argnums=(0, 2, 3))
+        p = jnp.zeros(n, jnp.float32)
+        g, m, v = fresh()
+        st = [p, m, v, jnp.int32(0)]
+
+        def native_step():
+            c = st[3] + 1
+            st[0], st[1], st[2] = apply(st[0], g, st[1], st[2], c, 1e-3)
+            st[3] = c
+            st[0].block_until_ready()
+
+        rows["adamjax_native_apply"] = _median_time(native_step, repeats)
+        del st[:]
+
+    c_roof = _c_roofline(n, repeats)
+    if c_roof is not None:
+        rows["c_openmp_roofline"] = c_roof
+
+    opt = optax.adam(1e-3)
+
+    def optax_step_fn(p, s, g):
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    ostep = jax.jit(optax_step_fn, donate_argnums=(0, 1))
+    g = jnp.asarray(g_host)
+    ost = [jnp.zeros(n, jnp.float32)]
+    ost.append(opt.init(ost[0]))
+
+    def optax_step():
+        ost[0], ost[1] = ostep(ost[0], ost[1], g)
+        ost[0].block_until_ready()
+
+    rows["optax_adam_donated"] = _median_time(optax_step, repeats)
+    del ost[:]
+
+    if torch_rows:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is not None:
+            for kind in ("fused", "foreach"):
+                tp = torch.zeros(n, dtype=torch.float32, requires_grad=True)
+                tp.grad = torch.from_numpy(g_host.copy())
+                topt = torch.optim.Adam([tp], lr=1e-3, **{kind: True})
+                rows[f"torch_adam_{kind}"] = _median_time(topt.step, repeats)
+                del topt, tp
+
+    gb = n * BYTES_PER_PARAM / 1e9
+    out: dict[str, Any] = {
+        "n": n,
+        "repeats": repeats,
+        "seconds": rows,
+        "GB_per_s": {k: gb / t for k, t in rows.items()},
+        "native_info": native.native_info(),
+        "cpu_count": os.cpu_count(),
+    }
+    if "adamjax_native_apply" in rows:
+        t = rows["adamjax_native_apply"]
+        ratios = {}
+        for ref in ("native_roofline", "c_openmp_roofline"):
+            if ref in rows:
+                ratios[f"fraction_of_{ref}"] = rows[ref] / t
+        for ref in ("torch_adam_fused", "torch_adam_foreach", "optax_adam_donated"):
+            if ref in rows:
+                ratios[f"speedup_vs_{ref}"] = rows[ref] / t
+        out["ratios"] = ratios
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=50_000_000)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--json", help="also write the result here")
+    a = ap.parse_args()
+    res = run(a.n, a.repeats, torch_rows=not a.no_torch)
+    for k, t in res["seconds"].items():
+        print(f"{k:24s} {t * 1e3:8.2f} ms  {res['GB_per_s'][k]:6.1f} GB/s")
+    for k, r in res.get("ratios", {}).items():
+        print(f"{k:40s} {r:6.3f}")
+    print(json.dumps(res["native_info"]))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
