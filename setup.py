@@ -33,6 +33,7 @@ _CXX_FLAGS = [
     "-ffp-contract=off",
     "-fno-math-errno",
     "-fno-strict-aliasing",
+    "-g0",  # no debug info: a smaller wheel
 ]
 _LINK_FLAGS = ["-pthread"]
 

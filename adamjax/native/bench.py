@@ -2,7 +2,8 @@
 
     python -m adamjax.native.bench [--n 50000000] [--repeats 15]
 
-Rows (median of ``repeats`` timed steps after warm-up, each in one process):
+Rows (median of ``repeats`` timed steps after warm-up, all in one process, timed
+round-robin so that load from other processes falls on every row alike):
 
 - ``native_roofline``: :func:`adamjax.native.roofline_step` through the FFI (28 B/param,
   trivial math, the kernel's own threads): the floor for the native step.
@@ -46,39 +47,46 @@ void roofline(size_t n, float* restrict p, const float* restrict g, float* restr
 """
 
 
-def _median_time(step: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
+def _interleaved_medians(
+    steps: dict[str, Callable[[], Any]], repeats: int, warmup: int = 3
+) -> dict[str, float]:
+    """Median seconds per step of each callable, timed round-robin (one step of each per
+    round) so that load from other processes falls on every row alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _c_roofline(n: int, repeats: int) -> float | None:
+def _c_roofline_step(n: int, keep: list) -> Callable[[], Any] | None:
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         return None
-    with tempfile.TemporaryDirectory() as d:
-        src, lib = os.path.join(d, "r.c"), os.path.join(d, "r.so")
-        with open(src, "w") as f:
-            f.write(_C_ROOFLINE)
-        try:
-            subprocess.run(
-                [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", src, "-o", lib],
-                check=True,
-                capture_output=True,
-            )
-        except (subprocess.CalledProcessError, OSError):
-            return None
-        fn = ctypes.CDLL(lib).roofline
-        fp = ctypes.POINTER(ctypes.c_float)
-        fn.argtypes = [ctypes.c_size_t, fp, fp, fp, fp]
-        arrs = [np.ones(n, np.float32) for _ in range(4)]
-        ptrs = [a.ctypes.data_as(fp) for a in arrs]
-        return _median_time(lambda: fn(n, *ptrs), repeats)
+    d = tempfile.mkdtemp()
+    src, lib = os.path.join(d, "r.c"), os.path.join(d, "r.so")
+    with open(src, "w") as f:
+        f.write(_C_ROOFLINE)
+    try:
+        subprocess.run(
+            [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", src, "-o", lib],
+            check=True,
+            capture_output=True,
+        )
+    except (subprocess.CalledProcessError, OSError):
+        return None
+    fn = ctypes.CDLL(lib).roofline
+    fp = ctypes.POINTER(ctypes.c_float)
+    fn.argtypes = [ctypes.c_size_t, fp, fp, fp, fp]
+    arrs = [np.ones(n, np.float32) for _ in range(4)]
+    keep.append(arrs)
+    ptrs = [a.ctypes.data_as(fp) for a in arrs]
+    return lambda: fn(n, *ptrs)
 
 
 def run(n: int = 50_000_000, repeats: int = 15, torch_rows: bool = True) -> dict[str, Any]:
@@ -89,43 +97,36 @@ def run(n: int = 50_000_000, repeats: int = 15, torch_rows: bool = True) -> dict
 
     from adamjax import native
 
-    rows: dict[str, float] = {}
+    steps: dict[str, Callable[[], Any]] = {}
+    keep: list = []
     rng = np.random.default_rng(0)
     g_host = rng.standard_normal(n, dtype=np.float32)
-
-    def fresh():
-        return jnp.asarray(g_host), jnp.zeros(n, jnp.float32), jnp.zeros(n, jnp.float32)
+    g = jnp.asarray(g_host)
 
     if native.native_available():
         roof = jax.jit(native.roofline_step, donate_argnums=(0, 2, 3))
-        p = jnp.zeros(n, jnp.float32)
-        g, m, v = fresh()
-        state = [p, m, v]
+        rstate = [jnp.zeros(n, jnp.float32) for _ in range(3)]
 
         def roof_step():
-            state[:] = roof(state[0], g, state[1], state[2])
-            state[0].block_until_ready()
+            rstate[:] = roof(rstate[0], g, rstate[1], rstate[2])
+            rstate[0].block_until_ready()
 
-        rows["native_roofline"] = _median_time(roof_step, repeats)
-        del state[:]
+        steps["native_roofline"] = roof_step
 
         apply = jax.jit(native.adam_apply, donate_argnums=(0, 2, 3))
-        p = jnp.zeros(n, jnp.float32)
-        g, m, v = fresh()
-        st = [p, m, v, jnp.int32(0)]
+        nstate = [jnp.zeros(n, jnp.float32) for _ in range(3)] + [jnp.int32(0)]
 
         def native_step():
-            c = st[3] + 1
-            st[0], st[1], st[2] = apply(st[0], g, st[1], st[2], c, 1e-3)
-            st[3] = c
-            st[0].block_until_ready()
+            c = nstate[3] + 1
+            nstate[0], nstate[1], nstate[2] = apply(nstate[0], g, nstate[1], nstate[2], c, 1e-3)
+            nstate[3] = c
+            nstate[0].block_until_ready()
 
-        rows["adamjax_native_apply"] = _median_time(native_step, repeats)
-        del st[:]
+        steps["adamjax_native_apply"] = native_step
 
-    c_roof = _c_roofline(n, repeats)
-    if c_roof is not None:
-        rows["c_openmp_roofline"] = c_roof
+    c_step = _c_roofline_step(n, keep)
+    if c_step is not None:
+        steps["c_openmp_roofline"] = c_step
 
     opt = optax.adam(1e-3)
 
@@ -134,7 +135,6 @@ def run(n: int = 50_000_000, repeats: int = 15, torch_rows: bool = True) -> dict
         return optax.apply_updates(p, u), s
 
     ostep = jax.jit(optax_step_fn, donate_argnums=(0, 1))
-    g = jnp.asarray(g_host)
     ost = [jnp.zeros(n, jnp.float32)]
     ost.append(opt.init(ost[0]))
 
@@ -142,21 +142,26 @@ def run(n: int = 50_000_000, repeats: int = 15, torch_rows: bool = True) -> dict
         ost[0], ost[1] = ostep(ost[0], ost[1], g)
         ost[0].block_until_ready()
 
-    rows["optax_adam_donated"] = _median_time(optax_step, repeats)
-    del ost[:]
+    steps["optax_adam_donated"] = optax_step
 
     if torch_rows:
         try:
             import torch
         except ImportError:
-            torch = None
-        if torch is not None:
+            pass
+        else:
             for kind in ("fused", "foreach"):
                 tp = torch.zeros(n, dtype=torch.float32, requires_grad=True)
                 tp.grad = torch.from_numpy(g_host.copy())
-                topt = torch.optim.Adam([tp], lr=1e-3, **{kind: True})
-                rows[f"torch_adam_{kind}"] = _median_time(topt.step, repeats)
-                del topt, tp
+                if kind == "fused":
+                    topt = torch.optim.Adam([tp], lr=1e-3, fused=True)
+                else:
+                    topt = torch.optim.Adam([tp], lr=1e-3, foreach=True)
+                keep.append((tp, topt))
+                steps[f"torch_adam_{kind}"] = topt.step
+
+    rows = _interleaved_medians(steps, repeats)
+    del keep, steps
 
     gb = n * BYTES_PER_PARAM / 1e9
     out: dict[str, Any] = {
