@@ -70,3 +70,18 @@ __all__ = [
     "temporal_averaging",
     "trace",
 ]
+
+# Performance (issue 4): the flat state/parameter layout and the fused one-call step.
+from adamjax.flat import FlatLayout, FlatState, flat_layout, layout_of, ravel  # noqa: E402
+from adamjax.step import apply_gradients, fused_apply_of, with_fused_apply  # noqa: E402
+
+__all__ += [
+    "FlatLayout",
+    "FlatState",
+    "apply_gradients",
+    "flat_layout",
+    "fused_apply_of",
+    "layout_of",
+    "ravel",
+    "with_fused_apply",
+]

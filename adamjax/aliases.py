@@ -15,10 +15,12 @@ from adamjax import _validate
 from adamjax.adadelta import scale_by_adadelta
 from adamjax.base import GradientTransformation, chain
 from adamjax.bias import bias_correct
+from adamjax.flat import flat_layout
 from adamjax.lr import scale_by_lr
 from adamjax.moments import scale_by_inf_moment, scale_by_moments, scale_by_sum_of_squares
 from adamjax.momentum import trace
 from adamjax.precondition import precondition
+from adamjax.step import adam_fused_apply, with_fused_apply
 
 
 def _check_flag(fn: str, name: str, value: Any) -> None:
@@ -42,6 +44,8 @@ def adam(
     bias_correction: Any = True,
     b1_decay: Any = 1.0,
     state_dtype: Any | None = None,
+    layout: str = "tree",
+    implementation: str = "auto",
 ) -> GradientTransformation:
     r"""Adam (Kingma & Ba, ICLR 2015, Algorithm 1).
 
@@ -63,15 +67,39 @@ def adam(
         Figure 4. May be a traced boolean, so a grid can mix both in one program.
       b1_decay: :math:`\lambda \in (0, 1]`; 1 is plain Adam.
       state_dtype: storage dtype of ``m`` and ``v`` (e.g. ``jnp.bfloat16``); math in float32.
+      layout: ``"tree"`` keeps one moment per parameter leaf; ``"flat"`` holds them in one
+        buffer per dtype (:func:`adamjax.flat.flat_layout`; same numbers, different state
+        structure). For many small leaves keep the parameters flat too
+        (:func:`adamjax.flat.ravel`).
+      implementation: how :func:`adamjax.step.apply_gradients` runs the step. ``"auto"``
+        uses the fused native CPU kernel (:mod:`adamjax.native`) on CPU where it gives the
+        same results bit for bit, pure JAX elsewhere; ``"jax"`` or ``"native"`` force one.
+        ``update`` itself is always the composed pure-JAX chain.
     """
     _validate.check_learning_rate("adam", learning_rate)
+    if layout not in ("tree", "flat"):
+        raise ValueError(f"adam: layout must be 'tree' or 'flat', got {layout!r}.")
+    fused = adam_fused_apply(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        bias_correction=bias_correction,
+        eps_root=eps_root,
+        b1_decay=b1_decay,
+        state_dtype=state_dtype,
+        implementation=implementation,
+    )
     _check_flag("adam", "bias_correction", bias_correction)
     parts = [scale_by_moments(b1, b2, b1_decay=b1_decay, state_dtype=state_dtype)]  # m_t, v_t
     if bias_correction is not False:
         parts.append(bias_correct(b1, b2, enabled=bias_correction))  # m_hat_t, v_hat_t
     parts.append(precondition(eps, eps_root))  # m_hat_t / (sqrt(v_hat_t) + eps)
     parts.append(scale_by_lr(learning_rate))  # theta_t = theta_{t-1} - alpha * ...
-    return chain(*parts)
+    opt = chain(*parts)
+    if fused is not None:
+        opt = with_fused_apply(opt, fused)
+    return flat_layout(opt) if layout == "flat" else opt
 
 
 def adamax(

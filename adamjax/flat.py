@@ -1,0 +1,196 @@
+"""A flat state layout: one contiguous buffer per dtype instead of one array per leaf.
+
+An Adam step is elementwise, so nothing about its math depends on how the parameters are
+split into leaves; but XLA compiles and runs one small kernel (or several) per leaf. With
+hundreds of leaves the compile time grows with their number and each step pays a fixed
+cost per leaf. :func:`flat_layout` removes both: it wraps any elementwise transformation so
+that its state is held as one 1-D buffer per dtype (``{"float32": f32[n]}``), concatenates
+the gradients into those buckets, runs the wrapped ``update`` once per bucket and splits the
+updates back into the caller's tree. Results are bit-for-bit those of the tree layout.
+
+Two ways to use it:
+
+* keep the parameters as a tree and wrap the optimizer: ``flat_layout(adamjax.adam(1e-3))``
+  (or ``adamjax.adam(1e-3, layout="flat")``). With :func:`adamjax.step.apply_gradients`
+  the update and the parameter update run as one pass over the flat buffers.
+* keep the parameters themselves flat (:func:`ravel`), and take views inside the loss:
+  ``flat, unravel = ravel(params)``; ``loss(unravel(flat))``. The gradients come out flat
+  and a plain ``adamjax.adam`` on them is a single kernel per dtype: no concatenation or
+  split per step at all. This is the fastest layout for trees with many small leaves.
+
+The wrapped transformation must act elementwise on its leaves (every adamjax primitive
+does, and so do ``optax.adam``/``optax.sgd``...); a transformation that looks at leaf
+shapes (e.g. a per-layer norm, or Adafactor's factored moments) needs the tree layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adamjax.base import GradientTransformation, apply_updates
+from adamjax.step import fused_apply_of, with_fused_apply
+
+__all__ = ["FlatLayout", "FlatState", "flat_layout", "layout_of", "ravel"]
+
+Flat = dict[str, jax.Array]
+
+
+@dataclass(frozen=True)
+class _Slot:
+    bucket: str  # dtype name of the bucket holding this leaf
+    offset: int
+    size: int
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """Where each leaf of a tree lives in the per-dtype buffers (static, hashable).
+
+    ``buckets`` maps a dtype name to the total length of that buffer; ``slots`` gives
+    each leaf (in ``jax.tree`` order) its bucket, offset, size and shape.
+    """
+
+    treedef: Any
+    slots: tuple[_Slot, ...]
+    buckets: tuple[tuple[str, int], ...]
+
+    @property
+    def num_leaves(self) -> int:
+        return len(self.slots)
+
+    def ravel(self, tree: Any) -> Flat:
+        """Concatenate the leaves of ``tree`` into one 1-D buffer per dtype."""
+        leaves = jax.tree.leaves(tree)
+        if len(leaves) != len(self.slots):
+            raise ValueError(
+                f"flat layout: the tree has {len(leaves)} leaves but the layout was built for "
+                f"{len(self.slots)}; pass trees with the structure of the parameters."
+            )
+        groups: dict[str, list[jax.Array]] = {name: [] for name, _ in self.buckets}
+        for leaf, slot in zip(leaves, self.slots, strict=True):
+            groups[slot.bucket].append(jnp.reshape(leaf, (-1,)))
+        out = {}
+        for name, n in self.buckets:
+            parts = groups[name]
+            if len(parts) == 1:
+                out[name] = parts[0]
+            elif not parts or n == 0:
+                out[name] = jnp.zeros((0,), name)
+            else:
+                out[name] = jnp.concatenate(parts)
+        return out
+
+    def unravel(self, flat: Flat) -> Any:
+        """Split per-dtype buffers back into the tree (dtypes of ``flat`` are kept)."""
+        pieces: dict[str, list[jax.Array]] = {}
+        for name, _ in self.buckets:
+            buf = flat[name]
+            sizes = [s.size for s in self.slots if s.bucket == name]
+            if len(sizes) == 1:
+                pieces[name] = [buf]
+            else:
+                cuts = np.cumsum(sizes)[:-1].tolist()
+                pieces[name] = list(jnp.split(buf, cuts)) if cuts else [buf]
+        taken = {name: 0 for name, _ in self.buckets}
+        leaves = []
+        for slot in self.slots:
+            i = taken[slot.bucket]
+            taken[slot.bucket] = i + 1
+            leaves.append(jnp.reshape(pieces[slot.bucket][i], slot.shape))
+        return jax.tree.unflatten(self.treedef, leaves)
+
+
+def _bucket_name(leaf: Any) -> str:
+    return jnp.result_type(leaf).name
+
+
+def layout_of(tree: Any) -> FlatLayout:
+    """The :class:`FlatLayout` of ``tree``: leaves grouped by dtype, in tree order.
+
+    Only shapes and dtypes are read, so ``tree`` may hold tracers or
+    ``jax.ShapeDtypeStruct``s.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    offsets: dict[str, int] = {}
+    slots = []
+    for leaf in leaves:
+        name = _bucket_name(leaf)
+        shape = tuple(int(d) for d in jnp.shape(leaf))
+        size = int(np.prod(shape, dtype=np.int64))
+        start = offsets.get(name, 0)
+        slots.append(_Slot(name, start, size, shape))
+        offsets[name] = start + size
+    buckets = tuple(sorted(offsets.items()))
+    return FlatLayout(treedef=treedef, slots=tuple(slots), buckets=buckets)
+
+
+def ravel(tree: Any) -> tuple[Flat, Callable[[Flat], Any]]:
+    """``(flat, unravel)``: ``tree`` as one 1-D buffer per dtype, and the way back.
+
+    Unlike :func:`jax.flatten_util.ravel_pytree` no dtype is promoted: a float32 leaf stays
+    in the ``"float32"`` buffer and a bfloat16 leaf in the ``"bfloat16"`` one, so the round
+    trip is exact. ``unravel`` only slices and reshapes; use it inside the loss to train on
+    flat parameters (gradients then come out flat, in the same buckets).
+    """
+    layout = layout_of(tree)
+    return layout.ravel(tree), layout.unravel
+
+
+class FlatState(NamedTuple):
+    """State of :func:`flat_layout`: the wrapped state, built over ``{dtype: buffer}``."""
+
+    inner: Any
+
+
+def flat_layout(inner: GradientTransformation) -> GradientTransformation:
+    """Hold the state of the elementwise transformation ``inner`` in one buffer per dtype.
+
+    ``init(params)`` builds ``inner``'s state over ``ravel(params)``; ``update`` concatenates
+    the gradients (and parameters, when given) per dtype, calls ``inner.update`` once and
+    splits the updates back into the gradients' tree. The numbers are the same as
+    ``inner``'s, bit for bit, because ``inner`` computes elementwise.
+
+    The result carries a fused apply (see :mod:`adamjax.step`): with
+    :func:`adamjax.step.apply_gradients` the parameters are concatenated too and updated
+    in the same pass (with ``inner``'s own fused apply, e.g. the native kernel, when it
+    has one), then split back once.
+
+    Args:
+      inner: a transformation that acts elementwise, such as :func:`adamjax.adam`.
+
+    Returns:
+      A transformation with state :class:`FlatState`.
+    """
+
+    def init(params):
+        return FlatState(inner=inner.init(layout_of(params).ravel(params)))
+
+    def update(updates, state, params=None):
+        layout = layout_of(updates)
+        flat_g = layout.ravel(updates)
+        flat_p = None if params is None else layout.ravel(params)
+        flat_u, new_inner = inner.update(flat_g, state.inner, flat_p)
+        return layout.unravel(flat_u), FlatState(inner=new_inner)
+
+    inner_fused = fused_apply_of(inner)
+
+    def fused_apply(grads, state, params):
+        layout = layout_of(params)
+        flat_g = layout_of(grads).ravel(grads)
+        flat_p = layout.ravel(params)
+        out = None if inner_fused is None else inner_fused(flat_g, state.inner, flat_p)
+        if out is not None:
+            new_p, new_inner = out
+        else:
+            flat_u, new_inner = inner.update(flat_g, state.inner, flat_p)
+            new_p = apply_updates(flat_p, flat_u)
+        return layout.unravel(new_p), FlatState(inner=new_inner)
+
+    return with_fused_apply(GradientTransformation(init, update), fused_apply)

@@ -1,0 +1,1 @@
+"""Side-by-side performance runs of adamjax (not tests): ``python -m benchmarks [--quick]``."""

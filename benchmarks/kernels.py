@@ -1,0 +1,161 @@
+"""Memory rooflines and the Adam step on single float32 tensors (1M, 10M, 50M parameters).
+
+Every step here is jitted with the parameters and moments donated, so it runs in place:
+it reads p, g, m, v and writes p, m, v, 28 bytes per float32 parameter at the least.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import adamjax
+from adamjax.step import apply_gradients
+from benchmarks.timing import Stepper, interleaved
+
+BYTES_PER_PARAM = 28
+LR = 1e-3
+
+
+def xla_roofline_step(p, m, v, g):
+    """Trivial math, same traffic as Adam: ``p += g; m += g; v += g`` (p, m, v donated)."""
+    return p + g, m + g, v + g
+
+
+_C_ROOFLINE = r"""
+#include <stddef.h>
+void roofline(float *restrict p, const float *restrict g, float *restrict m,
+              float *restrict v, long n) {
+  #pragma omp parallel for simd schedule(static)
+  for (long i = 0; i < n; ++i) { float x = g[i]; p[i] += x; m[i] += x; v[i] += x; }
+}
+"""
+
+
+class CRoofline:
+    """A plain C loop with OpenMP (one thread per core), compiled here: used only when
+    ``adamjax.native`` is unavailable."""
+
+    def __init__(self, n: int):
+        d = tempfile.mkdtemp(prefix="adamjax_roofline_")
+        src, lib = os.path.join(d, "r.c"), os.path.join(d, "r.so")
+        with open(src, "w") as f:
+            f.write(_C_ROOFLINE)
+        subprocess.run(["cc", "-O3", "-fopenmp", "-shared", "-fPIC", src, "-o", lib], check=True)
+        self.fn = ctypes.CDLL(lib).roofline
+        self.arrays = [np.full(n, 0.5, np.float32) for _ in range(4)]
+        self.ptrs = [a.ctypes.data_as(ctypes.c_void_p) for a in self.arrays]
+        self.n = ctypes.c_long(n)
+
+    def __call__(self):
+        self.fn(*self.ptrs, self.n)
+
+
+def native_roofline(n: int):
+    """The native roofline callable and its label."""
+    try:
+        from adamjax import native
+
+        if native.native_available():
+            p, m, v = (jnp.full((n,), 0.5, jnp.float32) for _ in range(3))
+            g = jnp.full((n,), 1e-3, jnp.float32)
+
+            def roof(p, m, v, g):
+                return native.roofline_step(p, g, m, v)
+
+            return Stepper(jax.jit(roof, donate_argnums=(0, 1, 2)), (p, m, v), g), (
+                "adamjax.native.roofline_step (C++, XLA's CPU threads)"
+            )
+    except Exception:  # noqa: BLE001
+        pass
+    return CRoofline(n), "C loop, OpenMP, compiled by the benchmark"
+
+
+def _jax_step(opt):
+    def step(p, st, g):
+        return apply_gradients(opt, g, st, p)
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _optax_step(opt):
+    def step(p, st, g):
+        u, st = opt.update(g, st, p)
+        return optax.apply_updates(p, u), st
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _torch_adam(n: int, **kw):
+    import torch
+
+    p = torch.nn.Parameter(torch.full((n,), 0.5))
+    p.grad = torch.full((n,), 1e-3)
+    opt = torch.optim.Adam([p], lr=LR, **kw)
+
+    def step():
+        opt.step()
+
+    return step
+
+
+def single_tensor_cases(n: int, with_torch: bool, bf16: bool):
+    """The steps to time on one tensor of ``n`` float32 parameters."""
+    g = jnp.full((n,), 1e-3, jnp.float32)
+
+    def fresh():
+        return jnp.full((n,), 0.5, jnp.float32)
+
+    cases = {}
+    p, m, v = fresh(), fresh(), fresh()
+    cases["xla_roofline"] = Stepper(
+        jax.jit(xla_roofline_step, donate_argnums=(0, 1, 2)), (p, m, v), g
+    )
+    roof, roof_label = native_roofline(n)
+    cases["native_roofline"] = roof
+    configs = {
+        "adamjax_jax": adamjax.adam(LR, implementation="jax"),
+        "adamjax_native": adamjax.adam(LR, implementation="auto"),
+    }
+    if bf16:
+        configs["adamjax_jax_bf16"] = adamjax.adam(
+            LR, implementation="jax", state_dtype=jnp.bfloat16
+        )
+        configs["adamjax_native_bf16"] = adamjax.adam(LR, state_dtype=jnp.bfloat16)
+    for name, opt in configs.items():
+        p = fresh()
+        cases[name] = Stepper(_jax_step(opt), (p, opt.init(p)), g)
+    o = optax.adam(LR)
+    p = fresh()
+    cases["optax"] = Stepper(_optax_step(o), (p, o.init(p)), g)
+    if with_torch:
+        cases["torch_foreach"] = _torch_adam(n, foreach=True)
+        cases["torch_fused"] = _torch_adam(n, fused=True)
+    return cases, roof_label
+
+
+def run_single_tensors(sizes, repeats: int, with_torch: bool, bf16_at: int):
+    """Median step time of every case per size; ratios to both rooflines."""
+    out = []
+    for n in sizes:
+        cases, roof_label = single_tensor_cases(n, with_torch, bf16=(n == bf16_at))
+        t = interleaved(cases, repeats=repeats)
+        out.append({"n": n, "seconds": t, "native_roofline": roof_label})
+        del cases
+    return out
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
