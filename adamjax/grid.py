@@ -90,7 +90,7 @@ class Grid:
         """
         configs = self.configs()
         idx = range(len(configs)) if indices is None else indices
-        out = {}
+        out: dict[str, np.ndarray] = {}
         for name, values in self.axes:
             column = [configs[i][name] for i in idx]
             out[name] = np.asarray(column, dtype=_dtype_of(values))
