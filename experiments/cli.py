@@ -15,6 +15,7 @@ _TIMING = "16-point grid, vmapped vs one by one (python -m experiments.grid_timi
 
 
 def _parser() -> argparse.ArgumentParser:
+    from experiments import parallel
     from experiments.config import available
 
     listing = "\n".join(f"  {name:22s} {desc}" for name, desc in available().items())
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, default=None, help="folder holding mnist/ and fashion_mnist/"
     )
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    parallel.add_device_arguments(p)
     return p
 
 
@@ -64,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, epochs=args.epochs)
         out = args.out or Path("runs") / (cfg.name + ("-quick" if args.quick else ""))
         t0 = time.perf_counter()
-        run_experiment(cfg, out, resume=args.resume, data_dir=args.data_dir)
-    except (ConfigError, DataError) as e:
+        run_experiment(cfg, out, resume=args.resume, data_dir=args.data_dir, devices=args.devices)
+    except (ConfigError, DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"done in {time.perf_counter() - t0:.1f}s; results in {out}/results.json")

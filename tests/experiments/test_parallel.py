@@ -338,3 +338,59 @@ def test_devices_flag():
     parser = parallel.add_device_arguments(argparse.ArgumentParser())
     assert parser.parse_args(["--devices", "8"]).devices == 8
     assert parser.parse_args([]).devices == 1
+
+
+# --------------------------------------------------------------------------------------
+# The experiments CLI with --devices 4 (data parallel) vs --devices 1, on real MNIST.
+# --------------------------------------------------------------------------------------
+
+TINY_FIG1 = """
+description = "fig1_logreg, tiny: data-parallel check"
+model = "logreg"
+dataset = "mnist"
+epochs = 2
+batch_size = 128
+schedule = "inverse_sqrt"
+weight_decay = 1e-4
+train_subset = 1024
+test_subset = 512
+eval_batch_size = 256
+seed = 0
+
+[optimizers.adam]
+learning_rate = [1e-3, 1e-2]
+
+[optimizers.sgd_nesterov]
+learning_rate = 0.1
+"""
+
+
+def _case_cli_devices_4_matches_1():
+    import json
+    import tempfile
+
+    from experiments import cli
+
+    data_dir = os.environ.get("ADAMJAX_DATA_DIR") or str(ROOT.parent / "shared" / "data")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "tiny_fig1.toml"
+        cfg.write_text(TINY_FIG1)
+        runs = {}
+        for d in (1, 4):
+            out = Path(tmp) / f"d{d}"
+            argv = [str(cfg), "--out", str(out), "--devices", str(d), "--data-dir", data_dir]
+            assert cli.main(argv) == 0
+            runs[d] = json.loads((out / "results.json").read_text())
+    assert runs[1]["devices"] == 1 and runs[4]["devices"] == 4
+    for opt, entry in runs[1]["variants"]["main"].items():
+        other = runs[4]["variants"]["main"][opt]
+        for p1, p4 in zip(entry["grid"], other["grid"], strict=True):
+            assert p1["hparams"] == p4["hparams"]
+            print(opt, p1["hparams"], p1["epoch_train_loss"], p4["epoch_train_loss"])
+            np.testing.assert_allclose(p4["epoch_train_loss"], p1["epoch_train_loss"], rtol=1e-5)
+            np.testing.assert_allclose(p4["final_train_loss"], p1["final_train_loss"], rtol=1e-5)
+            assert abs(p4["test_accuracy"] - p1["test_accuracy"]) <= 2 / 512
+
+
+def test_cli_devices_4_gives_the_single_device_training_loss(data_dir):
+    print(on_devices("_case_cli_devices_4_matches_1", devices=4))
