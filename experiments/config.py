@@ -209,7 +209,20 @@ def from_dict(
         if not isinstance(overrides, dict):
             raise ConfigError(f"{where}: variants.{vname} must be a table")
         allowed = tuple(k for k in _FIELDS if k not in ("description", "plot"))
-        variants[vname] = _check_settings(f"{where} [variants.{vname}]", overrides, allowed)
+        vwhere = f"{where} [variants.{vname}]"
+        settings_v = {k: v for k, v in overrides.items() if k != "optimizers"}
+        variants[vname] = _check_settings(vwhere, settings_v, allowed)
+        if "optimizers" in overrides:  # per-variant grid values, merged into the shared ones
+            own = _check_optimizers(vwhere, overrides["optimizers"])
+            unknown = set(own) - set(optimizers)
+            if unknown:
+                raise ConfigError(
+                    f"{vwhere}: optimizer(s) {sorted(unknown)} not in [optimizers]; a variant "
+                    "can only change the grid of an optimizer the experiment runs"
+                )
+            variants[vname]["optimizers"] = {
+                name: {**hps, **own.get(name, {})} for name, hps in optimizers.items()
+            }
     return ExperimentConfig(name=name, optimizers=optimizers, variants=variants, **settings)
 
 

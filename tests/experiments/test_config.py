@@ -78,3 +78,17 @@ def test_cli_reports_bad_config(tmp_path, capsys):
     bad.write_text('model = "logreg"\nepochz = 1\n[optimizers.adam]\nlearning_rate = 0.1\n')
     assert cli.main([str(bad), "--out", str(tmp_path / "run")]) == 2
     assert "unknown key 'epochz'" in capsys.readouterr().err
+
+
+def test_a_variant_can_change_an_optimizer_grid():
+    raw = {
+        "model": "mlp",
+        "optimizers": {"adam": {"learning_rate": [1e-3, 1e-2], "b1": 0.9}, "sgd": {}},
+        "variants": {"a": {"dropout": 0.5, "optimizers": {"adam": {"learning_rate": [1e-4]}}}},
+    }
+    ((name, cfg),) = from_dict("x", raw).variant_configs()
+    assert name == "a" and cfg.dropout == 0.5
+    assert cfg.optimizers == {"adam": {"learning_rate": [1e-4], "b1": 0.9}, "sgd": {}}
+    raw["variants"]["a"]["optimizers"] = {"adagrad": {"learning_rate": 0.1}}
+    with pytest.raises(ConfigError, match="adagrad"):
+        from_dict("x", raw)
