@@ -22,6 +22,7 @@ from adamjax.base import (
     chain,
 )
 from adamjax.bias import bias_correct
+from adamjax.flat import FlatLayout, FlatState, flat_layout, layout_of, ravel
 from adamjax.lr import ScheduleState, scale_by_lr
 from adamjax.moments import (
     MomentsState,
@@ -31,14 +32,18 @@ from adamjax.moments import (
     scale_by_sum_of_squares,
 )
 from adamjax.momentum import TraceState, trace
+from adamjax.native import native_available, native_info
 from adamjax.precondition import precondition
 from adamjax.schedules import constant_schedule, inverse_sqrt_schedule
+from adamjax.step import apply_gradients, fused_apply_of, with_fused_apply
 from adamjax.wrappers import SkipNonfiniteState, skip_nonfinite
 
 __all__ = [
     "AdadeltaState",
     "CompositionError",
     "EmptyState",
+    "FlatLayout",
+    "FlatState",
     "GradientTransformation",
     "Moments",
     "MomentsState",
@@ -52,13 +57,20 @@ __all__ = [
     "adagrad",
     "adam",
     "adamax",
+    "apply_gradients",
     "apply_updates",
     "averaged_params",
     "bias_correct",
     "chain",
     "constant_schedule",
+    "flat_layout",
+    "fused_apply_of",
     "inverse_sqrt_schedule",
+    "layout_of",
+    "native_available",
+    "native_info",
     "precondition",
+    "ravel",
     "rmsprop",
     "scale_by_adadelta",
     "scale_by_inf_moment",
@@ -69,19 +81,5 @@ __all__ = [
     "skip_nonfinite",
     "temporal_averaging",
     "trace",
-]
-
-# Performance (issue 4): the flat state/parameter layout and the fused one-call step.
-from adamjax.flat import FlatLayout, FlatState, flat_layout, layout_of, ravel  # noqa: E402
-from adamjax.step import apply_gradients, fused_apply_of, with_fused_apply  # noqa: E402
-
-__all__ += [
-    "FlatLayout",
-    "FlatState",
-    "apply_gradients",
-    "flat_layout",
-    "fused_apply_of",
-    "layout_of",
-    "ravel",
     "with_fused_apply",
 ]
