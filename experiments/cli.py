@@ -36,15 +36,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dataset",
-        choices=("mnist", "fashion_mnist"),
+        choices=("mnist", "fashion_mnist", "cifar10"),
         default=None,
-        help="override the config's dataset",
+        help="override the config's dataset (cifar10: fig3_cnn only; the files are not "
+        "downloaded, see experiments/data.py)",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
     p.add_argument(
-        "--data-dir", type=Path, default=None, help="folder holding mnist/ and fashion_mnist/"
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder holding mnist/, fashion_mnist/, cifar10/",
     )
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     parallel.add_device_arguments(p)
@@ -54,14 +58,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
-    from experiments.config import ConfigError, load_config
+    from experiments.config import ConfigError, load_config, with_dataset
     from experiments.data import DataError
     from experiments.runner import run_experiment
 
     try:
         cfg = load_config(args.name, quick=args.quick)
         if args.dataset:
-            cfg = dataclasses.replace(cfg, dataset=args.dataset)
+            cfg = with_dataset(cfg, args.dataset)
         if args.epochs:
             cfg = dataclasses.replace(cfg, epochs=args.epochs)
         out = args.out or Path("runs") / (cfg.name + ("-quick" if args.quick else ""))

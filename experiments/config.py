@@ -18,10 +18,18 @@ from typing import Any
 from experiments.optimizers import OPTIMIZERS, SCHEDULES
 from experiments.tasks import MODELS
 
-__all__ = ["ConfigError", "ExperimentConfig", "CONFIG_DIR", "available", "load_config"]
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "CONFIG_DIR",
+    "available",
+    "load_config",
+    "with_dataset",
+]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
+COLOR_DATASETS = {"cifar10": ("cnn",)}  # dataset -> the models that take its 32x32x3 images
 PLOTS = ("curves", "bias_correction")
 
 
@@ -223,7 +231,34 @@ def from_dict(
             variants[vname]["optimizers"] = {
                 name: {**hps, **own.get(name, {})} for name, hps in optimizers.items()
             }
-    return ExperimentConfig(name=name, optimizers=optimizers, variants=variants, **settings)
+    cfg = ExperimentConfig(name=name, optimizers=optimizers, variants=variants, **settings)
+    for _, vcfg in cfg.variant_configs():
+        _check_dataset(vcfg, where)
+    return cfg
+
+
+def _check_dataset(cfg: ExperimentConfig, where: str) -> None:
+    models = COLOR_DATASETS.get(cfg.dataset)
+    if models is not None and cfg.model not in models:
+        raise ConfigError(
+            f"{where}: experiment {cfg.name!r} cannot run on dataset {cfg.dataset!r}: its model "
+            f"{cfg.model!r} takes 28x28 grayscale images; only the CNN (fig3_cnn) runs on "
+            f"{cfg.dataset}"
+        )
+
+
+def with_dataset(cfg: ExperimentConfig, dataset: str) -> ExperimentConfig:
+    """``cfg`` (and its variants) on ``dataset``, checked like a config's own ``dataset`` key."""
+    where = f"--dataset {dataset}"
+    _check_value(where, "dataset", dataset)
+    variants = {
+        name: ({**overrides, "dataset": dataset} if "dataset" in overrides else overrides)
+        for name, overrides in cfg.variants.items()
+    }
+    cfg = dataclasses.replace(cfg, dataset=dataset, variants=variants)
+    for _, vcfg in cfg.variant_configs():
+        _check_dataset(vcfg, where)
+    return cfg
 
 
 def available(config_dir: Path = CONFIG_DIR) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""MNIST and Fashion-MNIST from the official IDX files, checked, found, or downloaded.
+"""MNIST and Fashion-MNIST from the official IDX files, checked, found, or downloaded;
+CIFAR-10 from the official binary-version files, checked and found (never downloaded).
 
 Files are looked up, in order, in: an explicit ``data_dir`` argument, ``$ADAMJAX_DATA_DIR``,
 the user cache dir (``$XDG_CACHE_HOME/adamjax`` or ``~/.cache/adamjax``) - each holding one
@@ -7,6 +8,12 @@ Debian's ``/usr/share/datasets/fashion-mnist``. Each file may be gzip-compressed
 raw. Its uncompressed content is checked against the official MD5. Missing files are
 downloaded into the cache dir when the network allows; otherwise :class:`DatasetNotFoundError`
 says where we looked and how to provide the files.
+
+CIFAR-10 (``cifar10``) is looked up in the same places, in ``<dir>/cifar10/cifar-10-batches-bin/``
+(the layout of the extracted official ``cifar-10-binary.tar.gz``) or directly in
+``<dir>/cifar10/``: ``data_batch_1.bin`` ... ``data_batch_5.bin`` and ``test_batch.bin``, each
+10000 records of one label byte and 3072 image bytes (3x32x32, channel-major). Each file's size
+is checked; images come back NHWC, ``uint8 [N, 32, 32, 3]``.
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ __all__ = [
     "CorruptFileError",
     "ChecksumError",
     "DatasetSpec",
+    "CIFAR10_FILES",
+    "image_shape",
     "load",
+    "read_cifar_batch",
     "read_idx",
     "search_dirs",
 ]
@@ -104,6 +114,28 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+# CIFAR-10, binary version: https://www.cs.toronto.edu/~kriz/cifar.html
+CIFAR10 = "cifar10"
+CIFAR10_FILES = {
+    "train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+    "test": ("test_batch.bin",),
+}
+CIFAR10_SUBDIR = "cifar-10-batches-bin"
+CIFAR10_ARCHIVE = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_ARCHIVE_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"  # listed on the CIFAR page
+CIFAR10_RECORD = 1 + 3 * 32 * 32
+CIFAR10_RECORDS_PER_FILE = 10000  # the official files; tests lower it for tiny files
+
+_IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), CIFAR10: (32, 32, 3)}
+
+
+def image_shape(name: str) -> tuple[int, int, int]:
+    """``(H, W, C)`` of one image of dataset ``name``."""
+    if name not in _IMAGE_SHAPES:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(_IMAGE_SHAPES)}")
+    return _IMAGE_SHAPES[name]
+
+
 def _cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "adamjax"
@@ -111,7 +143,11 @@ def _cache_dir() -> Path:
 
 def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """The folders searched for dataset ``name``, in lookup order."""
-    spec = _spec(name)
+    if name == CIFAR10:
+        folder, extra = CIFAR10, ()
+    else:
+        spec = _spec(name)
+        folder, extra = spec.folder, spec.extra_dirs
     roots: list[Path] = []
     if data_dir is not None:
         roots.append(Path(data_dir))
@@ -119,7 +155,7 @@ def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Pa
     if env:
         roots.append(Path(env))
     roots.append(_cache_dir())
-    return [r / spec.folder for r in roots] + [Path(d) for d in spec.extra_dirs]
+    return [r / folder for r in roots] + [Path(d) for d in extra]
 
 
 def _spec(name: str) -> DatasetSpec:
@@ -245,9 +281,12 @@ def load(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(images, labels)`` of ``split`` ('train' or 'test') as ``uint8`` arrays.
 
-    ``images`` has shape ``(N, 28, 28)``, ``labels`` shape ``(N,)``. ``verify=False`` skips
+    ``images`` has shape ``(N, 28, 28)`` (CIFAR-10: ``(N, 32, 32, 3)``, NHWC), ``labels``
+    shape ``(N,)``. ``verify=False`` skips
     the MD5 check (the structural checks always run).
     """
+    if name == CIFAR10:
+        return _load_cifar10(split, data_dir)
     spec = _spec(name)
     if split not in spec.files:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(spec.files)}")
@@ -266,3 +305,74 @@ def load(
             f"{name} {split}: {labels.shape[0]} labels for {images.shape[0]} images"
         )
     return images, labels
+
+
+def read_cifar_batch(
+    path: str | os.PathLike, records: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR-10 binary-version file into ``(uint8 [N, 32, 32, 3], uint8 [N])``.
+
+    Checks that the size is a whole number of 3073-byte records, ``records`` of them
+    (default :data:`CIFAR10_RECORDS_PER_FILE`), and that the labels are 0-9; raises
+    :class:`CorruptFileError` naming the file.
+    """
+    path = Path(path)
+    records = CIFAR10_RECORDS_PER_FILE if records is None else records
+    fix = (
+        f"delete it and extract it again from the official {CIFAR10_ARCHIVE} "
+        f"(MD5 {CIFAR10_ARCHIVE_MD5})."
+    )
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CorruptFileError(f"{path}: cannot be read ({e}); {fix}") from e
+    expected = records * CIFAR10_RECORD
+    if len(raw) != expected:
+        if len(raw) % CIFAR10_RECORD:
+            what = f"not a whole number of {CIFAR10_RECORD}-byte records"
+        else:
+            what = f"{len(raw) // CIFAR10_RECORD} records"
+        kind = "truncated" if len(raw) < expected else "too long"
+        raise CorruptFileError(
+            f"{path}: {kind}, {len(raw)} bytes ({what}); a CIFAR-10 binary batch holds "
+            f"{records} records of {CIFAR10_RECORD} bytes = {expected} bytes; {fix}"
+        )
+    table = np.frombuffer(raw, np.uint8).reshape(records, CIFAR10_RECORD)
+    labels = table[:, 0].copy()
+    if labels.size and labels.max() > 9:
+        raise CorruptFileError(
+            f"{path}: label byte {int(labels.max())} is not a CIFAR-10 class (0-9); {fix}"
+        )
+    images = table[:, 1:].reshape(records, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def _find_cifar(filename: str, dirs: list[Path]) -> Path | None:
+    for d in dirs:
+        for candidate in (d / CIFAR10_SUBDIR / filename, d / filename):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _load_cifar10(split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
+    if split not in CIFAR10_FILES:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(CIFAR10_FILES)}")
+    dirs = search_dirs(CIFAR10, data_dir)
+    images, labels = [], []
+    for filename in CIFAR10_FILES[split]:
+        path = _find_cifar(filename, dirs)
+        if path is None:
+            looked = "\n".join(f"  - {d / CIFAR10_SUBDIR} and {d}" for d in dirs)
+            raise DatasetNotFoundError(
+                f"{CIFAR10}: {filename} not found; looked in:\n{looked}\nCIFAR-10 is not "
+                f"downloaded automatically. Download the binary version, {CIFAR10_ARCHIVE} "
+                f"(MD5 {CIFAR10_ARCHIVE_MD5}), extract it into <dir>/{CIFAR10}/ (giving "
+                f"<dir>/{CIFAR10}/{CIFAR10_SUBDIR}/data_batch_1.bin ... test_batch.bin) and "
+                f"pass --data-dir <dir> or set ADAMJAX_DATA_DIR=<dir>, or extract it into "
+                f"{_cache_dir() / CIFAR10}."
+            )
+        x, y = read_cifar_batch(path)
+        images.append(x)
+        labels.append(y)
+    return np.concatenate(images), np.concatenate(labels)

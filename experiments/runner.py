@@ -26,6 +26,7 @@ from adamjax import grid as gridlib
 from experiments import batching, parallel, results
 from experiments.checkpoint import Checkpointer
 from experiments.config import ExperimentConfig
+from experiments.data import image_shape
 from experiments.optimizers import OPTIMIZERS
 from experiments.tasks import make_task
 from experiments.train import Job, bytes_per_config, train_chunk
@@ -49,6 +50,7 @@ def _job(cfg: ExperimentConfig, optimizer: str) -> Job:
         weight_decay=cfg.weight_decay,
         dropout=cfg.dropout,
         input_dropout=cfg.input_dropout,
+        image_shape=image_shape(cfg.dataset),
     )
     return Job(
         task, optimizer, cfg.schedule, cfg.batch_size, cfg.epochs, cfg.seed, cfg.checkpoint_every

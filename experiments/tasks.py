@@ -2,13 +2,14 @@
 
 ``cost(params, x, y, rng, train)`` is what the optimizer minimizes (mean over the minibatch,
 plus the L2 penalty where the paper uses one); ``evaluate(params, x, y)`` returns per-example
-losses and correctness for test metrics. Images come in as ``float32`` in ``[0, 1]``, shape
-``(N, 784)``.
+losses and correctness for test metrics. Images come in as ``float32`` in ``[0, 1]``, flat:
+shape ``(N, H*W*C)`` (``(N, 784)`` for MNIST); the CNN reshapes them to NHWC ``image_shape``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,7 @@ def _classifier(name: str, module: nn.Module, weight_decay: float, image_shape, 
         return x.reshape(x.shape[0], *image_shape) if name == "cnn" else x
 
     def init(rng):
-        dummy = jnp.zeros((1, 784), jnp.float32)
+        dummy = jnp.zeros((1, math.prod(image_shape)), jnp.float32)
         return module.init({"params": rng}, prep(dummy))["params"]
 
     def cost(params, x, y, rng, train=True):
@@ -106,16 +107,26 @@ def _vae(module: models.VAE) -> Task:
 
 @functools.cache
 def make_task(
-    model: str, *, weight_decay: float = 0.0, dropout: float = 0.0, input_dropout: float = 0.0
+    model: str,
+    *,
+    weight_decay: float = 0.0,
+    dropout: float = 0.0,
+    input_dropout: float = 0.0,
+    image_shape: tuple[int, int, int] = (28, 28, 1),
 ) -> Task:
-    """Build (once, then cached) the task for ``model`` (one of :data:`MODELS`)."""
+    """Build (once, then cached) the task for ``model`` (one of :data:`MODELS`).
+
+    ``image_shape`` (H, W, C) is the CNN's input (MNIST's by default, (32, 32, 3) for
+    CIFAR-10); the other models take MNIST-sized flat images.
+    """
     if model == "logreg":
         return _classifier(model, models.LogisticRegression(), weight_decay, (784,), 800)
     if model == "mlp":
         mlp = models.MLP(dropout=dropout, input_dropout=input_dropout)
         return _classifier(model, mlp, weight_decay, (784,), 6000)
     if model == "cnn":
-        return _classifier(model, models.CNN(dropout=dropout), weight_decay, (28, 28, 1), 200_000)
+        act = 200_000 * (image_shape[0] * image_shape[1]) // (28 * 28)  # conv activations
+        return _classifier(model, models.CNN(dropout=dropout), weight_decay, image_shape, act)
     if model == "vae":
         return _vae(models.VAE())
     raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
