@@ -30,10 +30,10 @@ _COLORS = {
     "sgd": "tab:gray",
 }
 _TITLES = {
-    "logreg": "MNIST logistic regression",
-    "mlp": "MNIST multilayer neural network",
-    "cnn": "MNIST convolutional network",
-    "vae": "MNIST variational auto-encoder",
+    "logreg": "{} logistic regression",
+    "mlp": "{} multilayer neural network",
+    "cnn": "{} convolutional network",
+    "vae": "{} variational auto-encoder",
 }
 
 
@@ -74,7 +74,9 @@ def plot_curves(report: dict[str, Any], out: Path) -> Path:
         log = cfg["model"] != "logreg"
         if log:
             ax.set_yscale("log")
-        title = _TITLES.get(cfg["model"], cfg["model"])
+        names = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+        dataset = names.get(cfg["dataset"], cfg["dataset"])
+        title = _TITLES.get(cfg["model"], "{} " + cfg["model"]).format(dataset)
         ax.set_title(title + ("" if variant == "main" else f" ({variant})"), fontsize=10)
         ax.set_xlabel("iterations over entire dataset")
         ax.set_ylabel("training cost")
