@@ -179,8 +179,24 @@ def adam_fused_apply(
             new_lr_state = type(lr_state)(count=safe_increment(lr_state.count))
         else:
             lr, new_lr_state = learning_rate, lr_state
+        # Each call also takes every gradient as an unread operand: XLA then updates each
+        # parameter in place after the whole backward pass, instead of copying the weights
+        # that the backward pass still reads (see ``after`` in native.adam_apply).
         outs = [
-            native.adam_apply(p, g, m, v, count, lr, b1, b2, eps, bias_correction, native=True)
+            native.adam_apply(
+                p,
+                g,
+                m,
+                v,
+                count,
+                lr,
+                b1,
+                b2,
+                eps,
+                bias_correction,
+                native=True,
+                after=tuple(x for x in leaves_g if x is not g),
+            )
             for p, g, m, v in zip(leaves_p, leaves_g, leaves_m, leaves_v, strict=True)
         ]
         new_p = treedef.unflatten([o[0] for o in outs])

@@ -326,8 +326,11 @@ class _Hyper(NamedTuple):
 # The native call and its pure-JAX twin.
 
 
-def _ffi(kind: str, first, *rest, hyper):
-    """Call the native target ``kind``: ``first`` is params (apply) or grads (update)."""
+def _ffi(kind: str, first, *rest, hyper, after=()):
+    """Call the native target ``kind``: ``first`` is params (apply) or grads (update).
+
+    ``after`` (apply only): arrays the call takes as unread operands, so that XLA runs it
+    after they are computed (see ADAMJAX_APPLY_BINDING in adam_ffi.cc)."""
     arrays = (first, *rest)
     if kind.endswith("apply"):
         _, _, m, v = arrays
@@ -343,7 +346,7 @@ def _ffi(kind: str, first, *rest, hyper):
         input_output_aliases=aliases,
         vmap_method="broadcast_all",
     )
-    return tuple(call(*arrays, hyper.row))
+    return tuple(call(*arrays, hyper.row, *after))
 
 
 def _pure_step(kind: str, first, *rest, hyper):
@@ -430,7 +433,7 @@ def _chain_step(kind: str, arrays, dynamic, static):
     return first, st[0].mu, st[0].nu
 
 
-def _run(kind: str, native: bool | None, first, *rest, hyper, hp):
+def _run(kind: str, native: bool | None, first, *rest, hyper, hp, after=()):
     arrays = (first, *rest)
     params = first if kind.endswith("apply") else None
     grads, m, v = arrays[-3:]
@@ -452,14 +455,16 @@ def _run(kind: str, native: bool | None, first, *rest, hyper, hp):
     if not use_native:
         return _chain_fallback(kind, arrays, hp)
 
+    k = len(arrays)
+
     def on_cpu(*xs):
-        return _ffi(kind, *xs[:-1], hyper=xs[-1])
+        return _ffi(kind, *xs[:k], hyper=xs[k], after=xs[k + 1 :])
 
     def elsewhere(*xs):
-        return _pure_step(kind, *xs[:-1], hyper=xs[-1])
+        return _pure_step(kind, *xs[:k], hyper=xs[k])
 
     # The library is registered for the CPU only; on GPU/TPU the pure path is lowered.
-    return jax.lax.platform_dependent(*arrays, hyper, cpu=on_cpu, default=elsewhere)
+    return jax.lax.platform_dependent(*arrays, hyper, *after, cpu=on_cpu, default=elsewhere)
 
 
 # ----------------------------------------------------------------------------------------
@@ -479,6 +484,7 @@ def adam_apply(
     bias_correction=True,
     *,
     native: bool | None = None,
+    after: tuple = (),
 ):
     """One fused Adam step applied to the parameters: returns ``(params, m, v)``.
 
@@ -496,6 +502,9 @@ def adam_apply(
       native: ``None`` uses the native kernel when available and the dtypes are supported
         (on CPU; other platforms get the pure path), ``True`` requires it, ``False`` forces
         the pure-JAX path.
+      after: arrays that the native call takes as unread operands, so that XLA orders it
+        after the ops computing them (a train step passes all its gradients: the params
+        are then updated in place after the backward pass has read them, without copies).
 
     Returns:
       ``(params, m, v)`` after the step, with the input dtypes. Donate ``params``, ``m``
@@ -511,7 +520,7 @@ def adam_apply(
         eps=eps,
         bias_correction=bias_correction,
     )
-    return _run("adam_apply", native, params, grads, m, v, hyper=hyper, hp=hp)
+    return _run("adam_apply", native, params, grads, m, v, hyper=hyper, hp=hp, after=after)
 
 
 def adam_update(

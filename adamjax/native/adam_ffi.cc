@@ -575,6 +575,7 @@ ffi::Error RunStep(ffi::ThreadPool& pool, const ffi::AnyBuffer* p_in, const ffi:
 template <Algo A>
 ffi::Error ApplyImpl(ffi::ThreadPool pool, ffi::AnyBuffer p_in, ffi::AnyBuffer g_in,
                      ffi::AnyBuffer m_in, ffi::AnyBuffer v_in, ffi::Buffer<ffi::F32> hyper,
+                     ffi::RemainingArgs /*after: read by nobody, see the binding*/,
                      ffi::Result<ffi::AnyBuffer> p_out, ffi::Result<ffi::AnyBuffer> m_out,
                      ffi::Result<ffi::AnyBuffer> v_out) {
   return RunStep<A, true>(pool, &p_in, g_in, m_in, v_in, hyper, *p_out, *m_out, *v_out);
@@ -614,6 +615,12 @@ ffi::Error RooflineImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p_in,
 
 }  // namespace
 
+// The apply targets take any number of extra operands after `hyper` that they never read:
+// passing them makes XLA order the call after the ops that produce them. A train step
+// passes all its gradients, so that the in-place update of a parameter comes after every
+// op that reads it (the backward pass); without that order XLA's copy insertion copies
+// each parameter that is read by an op not upstream of its own gradient (twice, 8 MB per
+// step for a 1000x1000 weight matrix).
 #define ADAMJAX_APPLY_BINDING  \
   ffi::Ffi::Bind()              \
       .Ctx<ffi::ThreadPool>()   \
@@ -622,6 +629,7 @@ ffi::Error RooflineImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p_in,
       .Arg<ffi::AnyBuffer>()    \
       .Arg<ffi::AnyBuffer>()    \
       .Arg<ffi::Buffer<ffi::F32>>() \
+      .RemainingArgs()          \
       .Ret<ffi::AnyBuffer>()    \
       .Ret<ffi::AnyBuffer>()    \
       .Ret<ffi::AnyBuffer>()
