@@ -33,6 +33,9 @@ from adamjax.base import GradientTransformation, apply_updates
 
 __all__ = ["FusedApply", "apply_gradients", "fused_apply_of", "with_fused_apply"]
 
+# Up to this many leaves, each native call is ordered after every gradient (see below).
+_MAX_ORDERED_LEAVES = 64
+
 FusedApply = Callable[[Any, Any, Any], tuple[Any, Any]]
 _ATTR = "adamjax_fused_apply"
 
@@ -181,7 +184,11 @@ def adam_fused_apply(
             lr, new_lr_state = learning_rate, lr_state
         # Each call also takes every gradient as an unread operand: XLA then updates each
         # parameter in place after the whole backward pass, instead of copying the weights
-        # that the backward pass still reads (see ``after`` in native.adam_apply).
+        # that the backward pass still reads (see ``after`` in native.adam_apply). That is
+        # N^2 operands for N leaves, so beyond _MAX_ORDERED_LEAVES (where compile time would
+        # grow quadratically: 108 s at 1000 leaves) the calls go unordered, XLA may copy,
+        # and models with many leaves should keep their parameters flat (adamjax.ravel).
+        ordered = len(leaves_g) <= _MAX_ORDERED_LEAVES
         outs = [
             native.adam_apply(
                 p,
@@ -195,7 +202,7 @@ def adam_fused_apply(
                 eps,
                 bias_correction,
                 native=True,
-                after=tuple(x for x in leaves_g if x is not g),
+                after=tuple(x for x in leaves_g if x is not g) if ordered else (),
             )
             for p, g, m, v in zip(leaves_p, leaves_g, leaves_m, leaves_v, strict=True)
         ]
