@@ -9,10 +9,7 @@ its test with the child's output.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -27,8 +24,8 @@ from jax.sharding import PartitionSpec as P
 
 import adamjax
 from adamjax import sharding
+from tests import multidevice
 
-ROOT = Path(__file__).resolve().parents[1]
 N = 8
 
 
@@ -39,38 +36,7 @@ N = 8
 
 def on_devices(case: str, devices: int = N, *args: str) -> None:
     """Run ``case(*args)`` from this file with ``devices`` CPU devices; fail on error."""
-    if not args and jax.device_count() == devices:
-        globals()[case]()
-        return
-    flags = re.sub(
-        r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")
-    )
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip(),
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    )
-    code = (
-        "import runpy, sys\n"
-        f"ns = runpy.run_path({str(Path(__file__))!r})\n"
-        "import jax\n"
-        f"assert jax.device_count() == {devices}, jax.devices()\n"
-        f"ns[{case!r}](*sys.argv[1:])\n"
-        "print('CASE OK')\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "CASE OK" in proc.stdout, (
-        f"{case} on {devices} devices failed:\n{out[-6000:]}"
-    )
+    multidevice.run_case(__file__, globals(), case, devices, *args)
 
 
 # --------------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -25,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 import adamjax
 from adamjax import sharding
 from experiments import parallel
+from tests import multidevice
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 8
@@ -35,38 +34,7 @@ STEPS = 12
 
 def on_devices(case: str, devices: int = N) -> str:
     """Run ``case()`` from this file with ``devices`` CPU devices; return its output."""
-    if jax.device_count() == devices:
-        globals()[case]()
-        return ""
-    flags = os.environ.get("XLA_FLAGS", "")
-    flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", flags)
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip(),
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    )
-    code = (
-        "import runpy\n"
-        f"ns = runpy.run_path({str(Path(__file__))!r})\n"
-        "import jax\n"
-        f"assert jax.device_count() == {devices}, jax.devices()\n"
-        f"ns[{case!r}]()\n"
-        "print('CASE OK')\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "CASE OK" in proc.stdout, (
-        f"{case} on {devices} devices failed:\n{out[-6000:]}"
-    )
-    return proc.stdout
+    return multidevice.run_case(__file__, globals(), case, devices)
 
 
 # --------------------------------------------------------------------------------------
