@@ -1,6 +1,6 @@
 """Time one Adam step on a single float32 tensor: the native kernel against its rooflines.
 
-    python -m adamjax.native.bench [--n 50000000] [--repeats 15]
+    python -m benchmarks.native [--n 50000000] [--repeats 15]
 
 Rows (median of ``repeats`` timed steps after warm-up, all in one process, timed
 round-robin so that load from other processes falls on every row alike):
@@ -23,14 +23,14 @@ import ctypes
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from benchmarks.timing import interleaved
 
 BYTES_PER_PARAM = 28  # read p, g, m, v; write p, m, v (float32)
 
@@ -45,23 +45,6 @@ void roofline(size_t n, float* restrict p, const float* restrict g, float* restr
   }
 }
 """
-
-
-def _interleaved_medians(
-    steps: dict[str, Callable[[], Any]], repeats: int, warmup: int = 3
-) -> dict[str, float]:
-    """Median seconds per step of each callable, timed round-robin (one step of each per
-    round) so that load from other processes falls on every row alike."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for k, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _c_roofline_step(n: int, keep: list) -> Callable[[], Any] | None:
@@ -160,7 +143,7 @@ def run(n: int = 50_000_000, repeats: int = 15, torch_rows: bool = True) -> dict
                 keep.append((tp, topt))
                 steps[f"torch_adam_{kind}"] = topt.step
 
-    rows = _interleaved_medians(steps, repeats)
+    rows = interleaved(steps, repeats)
     del keep, steps
 
     gb = n * BYTES_PER_PARAM / 1e9
