@@ -18,6 +18,7 @@ import optax
 
 import adamjax
 from adamjax.step import apply_gradients
+from benchmarks import device
 from benchmarks.timing import Stepper, interleaved
 
 BYTES_PER_PARAM = 28
@@ -59,7 +60,9 @@ class CRoofline:
 
 
 def native_roofline(n: int):
-    """The native roofline callable and its label."""
+    """The native roofline callable and its label; ``(None, reason)`` off the CPU."""
+    if not device.on_cpu():
+        return None, f"none on {device.backend()}: the XLA roofline is one fused kernel there"
     try:
         from adamjax import native
 
@@ -96,14 +99,11 @@ def _optax_step(opt):
 def _torch_adam(n: int, **kw):
     import torch
 
-    p = torch.nn.Parameter(torch.full((n,), 0.5))
-    p.grad = torch.full((n,), 1e-3)
+    dev = device.torch_device()
+    p = torch.nn.Parameter(torch.full((n,), 0.5, device=dev))
+    p.grad = torch.full((n,), 1e-3, device=dev)
     opt = torch.optim.Adam([p], lr=LR, **kw)
-
-    def step():
-        opt.step()
-
-    return step
+    return device.torch_synced(opt.step, dev)
 
 
 def single_tensor_cases(n: int, with_torch: bool, bf16: bool):
@@ -114,27 +114,30 @@ def single_tensor_cases(n: int, with_torch: bool, bf16: bool):
         return jnp.full((n,), 0.5, jnp.float32)
 
     cases = {}
+    k = device.inner_steps()
     p, m, v = fresh(), fresh(), fresh()
     cases["xla_roofline"] = Stepper(
-        jax.jit(xla_roofline_step, donate_argnums=(0, 1, 2)), (p, m, v), g
+        jax.jit(xla_roofline_step, donate_argnums=(0, 1, 2)), (p, m, v), g, inner=k
     )
     roof, roof_label = native_roofline(n)
-    cases["native_roofline"] = roof
-    configs = {
-        "adamjax_jax": adamjax.adam(LR, implementation="jax"),
-        "adamjax_native": adamjax.adam(LR, implementation="auto"),
-    }
+    if roof is not None:
+        cases["native_roofline"] = roof
+    native = device.native_in_use()
+    configs = {"adamjax_jax": adamjax.adam(LR, implementation="jax")}
+    if native:
+        configs["adamjax_native"] = adamjax.adam(LR, implementation="auto")
     if bf16:
         configs["adamjax_jax_bf16"] = adamjax.adam(
             LR, implementation="jax", state_dtype=jnp.bfloat16
         )
-        configs["adamjax_native_bf16"] = adamjax.adam(LR, state_dtype=jnp.bfloat16)
+        if native:
+            configs["adamjax_native_bf16"] = adamjax.adam(LR, state_dtype=jnp.bfloat16)
     for name, opt in configs.items():
         p = fresh()
-        cases[name] = Stepper(_jax_step(opt), (p, opt.init(p)), g)
+        cases[name] = Stepper(_jax_step(opt), (p, opt.init(p)), g, inner=k)
     o = optax.adam(LR)
     p = fresh()
-    cases["optax"] = Stepper(_optax_step(o), (p, o.init(p)), g)
+    cases["optax"] = Stepper(_optax_step(o), (p, o.init(p)), g, inner=k)
     if with_torch:
         cases["torch_foreach"] = _torch_adam(n, foreach=True)
         cases["torch_fused"] = _torch_adam(n, fused=True)
@@ -147,6 +150,8 @@ def run_single_tensors(sizes, repeats: int, with_torch: bool, bf16_at: int):
     for n in sizes:
         cases, roof_label = single_tensor_cases(n, with_torch, bf16=(n == bf16_at))
         t = interleaved(cases, repeats=repeats)
+        k = device.inner_steps()  # the native roofline (CPU only) is one step per call
+        t = {name: s if name == "native_roofline" else s / k for name, s in t.items()}
         out.append({"n": n, "seconds": t, "native_roofline": roof_label})
         del cases
     return out
