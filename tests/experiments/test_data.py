@@ -118,3 +118,95 @@ def test_real_mnist_passes_official_checksums(mnist_arrays):
     (xtr, ytr), (xte, yte) = mnist_arrays
     assert xtr.shape == (60000, 28, 28) and xte.shape == (10000, 28, 28)
     assert set(np.unique(ytr)) == set(range(10)) and yte.shape == (10000,)
+
+
+# ---------------------------------------------------------------------------------------
+# The download path, against a real HTTP server on localhost (no network needed): a dead
+# mirror is skipped, the files land in the cache, the checksum is verified after download.
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """Serve tmp_path/served over HTTP on 127.0.0.1; yields (base URL, served dir, log)."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    log: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, fmt, *args):
+            log.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(served))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", served, log
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _serve_dataset(tmp_path, served):
+    md5 = write_dataset(tmp_path / "src")
+    for f in (tmp_path / "src" / "mnist").iterdir():
+        (served / f.name).write_bytes(f.read_bytes())
+    return md5
+
+
+def test_download_from_second_mirror_into_cache(isolated, monkeypatch, mirror):
+    url, served, log = mirror
+    md5 = _serve_dataset(isolated, served)
+    spec = data.DATASETS["mnist"]
+    dead = url + "nothing-here/"  # answers 404
+    monkeypatch.setitem(
+        data.DATASETS, "mnist", data.DatasetSpec(spec.folder, spec.files, md5, (dead, url))
+    )
+    monkeypatch.setenv("ADAMJAX_NO_DOWNLOAD", "0")
+    x, y = data.load("mnist", "test", isolated / "empty")
+    expected = np.frombuffer(
+        gzip.decompress((served / "t10k-images-idx3-ubyte.gz").read_bytes())[16:], np.uint8
+    )
+    assert x.shape == (4, 28, 28) and np.array_equal(x.reshape(-1), expected)
+    cached = isolated / "cache" / "adamjax" / "mnist"
+    assert sorted(p.name for p in cached.iterdir()) == [
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]
+    assert "/nothing-here/t10k-images-idx3-ubyte.gz" in log  # the dead mirror was tried first
+    n_requests = len(log)
+    data.load("mnist", "test", isolated / "empty")  # second time: from the cache
+    assert len(log) == n_requests
+
+
+def test_downloaded_file_with_wrong_checksum_is_refused(isolated, monkeypatch, mirror):
+    url, served, _ = mirror
+    md5 = _serve_dataset(isolated, served)
+    md5["t10k-labels-idx1-ubyte"] = "0" * 32
+    spec = data.DATASETS["mnist"]
+    monkeypatch.setitem(
+        data.DATASETS, "mnist", data.DatasetSpec(spec.folder, spec.files, md5, (url,))
+    )
+    monkeypatch.setenv("ADAMJAX_NO_DOWNLOAD", "0")
+    with pytest.raises(data.ChecksumError, match="t10k-labels-idx1-ubyte.*expected 0{32}"):
+        data.load("mnist", "test", isolated / "empty")
+
+
+def test_failed_download_names_every_url(isolated, monkeypatch, mirror):
+    url, _, _ = mirror  # serves an empty folder: every file is a 404
+    spec = data.DATASETS["mnist"]
+    monkeypatch.setitem(
+        data.DATASETS, "mnist", data.DatasetSpec(spec.folder, spec.files, spec.md5, (url,))
+    )
+    monkeypatch.setenv("ADAMJAX_NO_DOWNLOAD", "0")
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.load("mnist", "train", isolated / "empty")
+    msg = str(info.value)
+    assert "the download failed" in msg and url + "train-images-idx3-ubyte.gz" in msg
+    assert "404" in msg
+    assert not list((isolated / "cache" / "adamjax" / "mnist").glob("*.part"))
