@@ -143,6 +143,7 @@ def _cache_dir() -> Path:
 
 def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """The folders searched for dataset ``name``, in lookup order."""
+    extra: tuple[str, ...]
     if name == CIFAR10:
         folder, extra = CIFAR10, ()
     else:

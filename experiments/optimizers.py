@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import adamjax
 
@@ -46,8 +46,16 @@ def _lr(default: float = 1e-3) -> HParam:
     return HParam(float, default, 0.0, None, low_inclusive=False)
 
 
-_BETA = dict(kind=float, low=0.0, high=1.0)
-_EPS = dict(kind=float, low=0.0)
+class _Range(TypedDict, total=False):
+    """Shared :class:`HParam` fields, unpacked as ``HParam(default=..., **_BETA)``."""
+
+    kind: type
+    low: float | None
+    high: float | None
+
+
+_BETA = _Range(kind=float, low=0.0, high=1.0)
+_EPS = _Range(kind=float, low=0.0)
 
 
 @dataclass(frozen=True)

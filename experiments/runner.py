@@ -171,7 +171,9 @@ def run_experiment(
                         f"stopped after epoch {stop_after} of {variant}/{opt_name}"
                     )
                 done_file.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(done_file, **res)
+                # allow_pickle=True is numpy's default, named so that mypy knows **res
+                # (curve arrays only) cannot fill that keyword.
+                np.savez(done_file, allow_pickle=True, **res)
                 curves.append(res)
             merged = {key: np.concatenate([c[key] for c in curves]) for key in curves[0]}
             per_opt[opt_name] = results.summarize(opt_name, g, merged, vcfg, data.n_train)

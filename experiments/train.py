@@ -10,9 +10,9 @@ checkpoints and returns the curves.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -201,12 +201,43 @@ def config_keys(seed: int, config_ids) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(config_ids, jnp.uint32))
 
 
-def initial_states(job: Job, hp: dict[str, np.ndarray], n: int) -> TrainState:
+def initial_states(job: Job, hp: Mapping[str, jax.Array | np.ndarray], n: int) -> TrainState:
     """Same initial parameters for every config (``init(PRNGKey(seed))``), own optimizer states."""
     params = job.task.init(jax.random.PRNGKey(job.seed))
     stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n, *p.shape)), params)
     init = functools.partial(init_state, job.task, job.optimizer, job.schedule)
     return jax.jit(jax.vmap(init))(stacked, hp)
+
+
+# Only ``stop_after`` can make train_chunk return None: without it, callers get the curves.
+@overload
+def train_chunk(
+    job: Job,
+    data: DeviceData,
+    hp: dict[str, np.ndarray],
+    config_ids: np.ndarray,
+    checkpointer: Checkpointer | None = ...,
+    *,
+    resume: bool = ...,
+    stop_after: None = ...,
+    desc: str = ...,
+    mesh: Mesh | None = ...,
+) -> dict[str, np.ndarray]: ...
+
+
+@overload
+def train_chunk(
+    job: Job,
+    data: DeviceData,
+    hp: dict[str, np.ndarray],
+    config_ids: np.ndarray,
+    checkpointer: Checkpointer | None = ...,
+    *,
+    resume: bool = ...,
+    stop_after: int | None,
+    desc: str = ...,
+    mesh: Mesh | None = ...,
+) -> dict[str, np.ndarray] | None: ...
 
 
 def train_chunk(
@@ -232,7 +263,7 @@ def train_chunk(
     minibatch is split over its devices. ``None``: one device, no sharding at all.
     """
     n = len(config_ids)
-    hp = {k: jnp.asarray(v) for k, v in hp.items()}
+    hparams: dict[str, jax.Array] = {k: jnp.asarray(v) for k, v in hp.items()}
     single = n == 1
     epoch_fn = make_epoch_fn(
         job.task, job.optimizer, job.schedule, job.batch_size, data.n_train, single, mesh
@@ -244,9 +275,9 @@ def train_chunk(
             f"batch size {job.batch_size} is larger than the {data.n_train} training examples"
         )
     keys = config_keys(job.seed, config_ids)
-    state = initial_states(job, hp, n)
+    state = initial_states(job, hparams, n)
     nan = lambda *shape: np.full(shape, np.nan, np.float32)
-    hist = {
+    hist: dict[str, np.ndarray] = {
         "iter_loss": nan(n, job.epochs * steps),
         "epoch_loss": nan(n, job.epochs),
         "test_loss": nan(n, job.epochs),
@@ -258,13 +289,15 @@ def train_chunk(
         state = jax.tree.map(jnp.asarray, restored["state"])
         hist, start = restored["hist"], latest
     if mesh is not None:
-        state, keys, hp = parallel.replicate((state, keys, hp), mesh)
+        state, keys, hparams = parallel.replicate((state, keys, hparams), mesh)
     bar = tqdm(
         total=job.epochs, initial=start, desc=desc or job.optimizer, unit="epoch", leave=False
     )
     try:
         for epoch in range(start, job.epochs):
-            state, losses = epoch_fn(state, keys, hp, jnp.int32(epoch), data.x_train, data.y_train)
+            state, losses = epoch_fn(
+                state, keys, hparams, jnp.int32(epoch), data.x_train, data.y_train
+            )
             test_loss, test_acc, _ = eval_fn(state.params, data.x_test, data.y_test, data.w_test)
             losses = np.asarray(losses)
             hist["iter_loss"][:, epoch * steps : (epoch + 1) * steps] = losses
@@ -292,14 +325,14 @@ def train_chunk(
     out["final_train_loss"] = np.asarray(train_nll + penalty)
     out["final_test_loss"] = np.asarray(test_loss)
     out["final_test_acc"] = np.asarray(test_acc)
-    finite = np.isfinite(out["iter_loss"]).all(axis=1) & np.isfinite(out["final_train_loss"])
-    out["diverged"] = ~finite
+    all_finite = np.isfinite(out["iter_loss"]).all(axis=1) & np.isfinite(out["final_train_loss"])
+    out["diverged"] = ~all_finite
     return out
 
 
 def bytes_per_config(job: Job, activation_floats: int) -> int:
     """Rough memory of one config in a vmapped chunk: state, gradients, and activations."""
-    hp = {k: jnp.zeros(()) for k in ()}
+    hp: dict[str, jax.Array] = {}
     shapes = jax.eval_shape(
         lambda: init_state(
             job.task, job.optimizer, job.schedule, job.task.init(jax.random.PRNGKey(0)), hp
