@@ -33,9 +33,6 @@ from adamjax.base import GradientTransformation, apply_updates
 
 __all__ = ["FusedApply", "apply_gradients", "fused_apply_of", "with_fused_apply"]
 
-# Up to this many leaves, each native call is ordered after every gradient (see below).
-_MAX_ORDERED_LEAVES = 64
-
 FusedApply = Callable[[Any, Any, Any], tuple[Any, Any]]
 _ATTR = "adamjax_fused_apply"
 
@@ -81,8 +78,8 @@ def apply_gradients(
 
 
 # ----------------------------------------------------------------------------------------
-# The fused apply of adamjax.adam: the native CPU kernel (adamjax.native), one call per
-# float32 buffer (one per dtype bucket under the flat layout).
+# The fused apply of adamjax.adam: the native CPU kernel (adamjax.native), one call for
+# all the leaves of the parameter tree (the dtype buckets under the flat layout).
 
 _IMPLEMENTATIONS = ("auto", "jax", "native")
 
@@ -182,30 +179,21 @@ def adam_fused_apply(
             new_lr_state = type(lr_state)(count=safe_increment(lr_state.count))
         else:
             lr, new_lr_state = learning_rate, lr_state
-        # Each call also takes every gradient as an unread operand: XLA then updates each
-        # parameter in place after the whole backward pass, instead of copying the weights
-        # that the backward pass still reads (see ``after`` in native.adam_apply). That is
-        # N^2 operands for N leaves, so beyond _MAX_ORDERED_LEAVES (where compile time would
-        # grow quadratically: 108 s at 1000 leaves) the calls go unordered, XLA may copy,
-        # and models with many leaves should keep their parameters flat (adamjax.ravel).
-        ordered = len(leaves_g) <= _MAX_ORDERED_LEAVES
-        outs = [
-            native.adam_apply(
-                p,
-                g,
-                m,
-                v,
-                count,
-                lr,
-                b1,
-                b2,
-                eps,
-                bias_correction,
-                native=True,
-                after=tuple(x for x in leaves_g if x is not g) if ordered else (),
-            )
-            for p, g, m, v in zip(leaves_p, leaves_g, leaves_m, leaves_v, strict=True)
-        ]
+        # One native call for all leaves: it reads every gradient, so XLA runs it after the
+        # whole backward pass and each parameter is updated in place without copies.
+        outs = native.adam_apply_leaves(
+            leaves_p,
+            leaves_g,
+            leaves_m,
+            leaves_v,
+            count,
+            lr,
+            b1,
+            b2,
+            eps,
+            bias_correction,
+            native=True,
+        )
         new_p = treedef.unflatten([o[0] for o in outs])
         new_m = treedef.unflatten([o[1] for o in outs])
         new_v = treedef.unflatten([o[2] for o in outs])

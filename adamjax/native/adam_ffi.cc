@@ -27,6 +27,7 @@
 #include <memory>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
@@ -589,6 +590,112 @@ ffi::Error UpdateImpl(ffi::ThreadPool pool, ffi::AnyBuffer g_in, ffi::AnyBuffer 
   return RunStep<A, false>(pool, nullptr, g_in, m_in, v_in, hyper, *u_out, *m_out, *v_out);
 }
 
+// Many leaves of a parameter tree in one call: operands hyper, then (p, g, m, v) per leaf;
+// results (p, m, v) per leaf, each aliased to its operand. The leaves are laid end to end in one index space
+// [0, total) that the threads cut into chunks, so many small leaves cost one call and one
+// parallel loop. (The binding passes a few dozen leaves per call: XLA's compile time
+// grows faster than linearly with the number of aliased results of one call.)
+struct LeafWork {
+  float* p;
+  float* g;
+  char* m;
+  char* v;
+  size_t n, per_config, mw, vw, start;
+  StepFn fn;
+};
+
+template <Algo A>
+ffi::Error ApplyMultiImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper,
+                          ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  if (args.size() % 4 != 0 || rets.size() * 4 != args.size() * 3) {
+    return ffi::Error::InvalidArgument(
+        "adamjax native: apply_multi takes (p, g, m, v) per leaf and returns (p, m, v)");
+  }
+  const size_t leaves = args.size() / 4;
+  const size_t h = hyper.element_count();
+  if (h == 0 || h % kNumHyper != 0) {
+    return ffi::Error::InvalidArgument("adamjax native: hyper must hold rows of 9 floats");
+  }
+  const size_t configs = h / kNumHyper;
+  const float* rows = hyper.typed_data();
+  const bool fma = rows[kContract] != 0.0f;
+  std::vector<LeafWork> work;
+  work.reserve(leaves);
+  size_t total = 0;
+  for (size_t k = 0; k < leaves; ++k) {
+    auto p_in = args.get<ffi::AnyBuffer>(4 * k);
+    auto g_in = args.get<ffi::AnyBuffer>(4 * k + 1);
+    auto m_in = args.get<ffi::AnyBuffer>(4 * k + 2);
+    auto v_in = args.get<ffi::AnyBuffer>(4 * k + 3);
+    auto p_out = rets.get<ffi::AnyBuffer>(3 * k);
+    auto m_out = rets.get<ffi::AnyBuffer>(3 * k + 1);
+    auto v_out = rets.get<ffi::AnyBuffer>(3 * k + 2);
+    if (p_in.has_error() || g_in.has_error() || m_in.has_error() || v_in.has_error() ||
+        p_out.has_error() || m_out.has_error() || v_out.has_error()) {
+      return ffi::Error::InvalidArgument("adamjax native: apply_multi: a leaf is not a buffer");
+    }
+    const size_t n = g_in->element_count();
+    if (g_in->element_type() != ffi::DataType::F32 ||
+        p_in->element_type() != ffi::DataType::F32 ||
+        (*p_out)->element_type() != ffi::DataType::F32) {
+      return ffi::Error::InvalidArgument("adamjax native: params and grads must be float32");
+    }
+    if (!IsStateType(m_in->element_type()) || !IsStateType(v_in->element_type()) ||
+        (*m_out)->element_type() != m_in->element_type() ||
+        (*v_out)->element_type() != v_in->element_type()) {
+      return ffi::Error::InvalidArgument("adamjax native: moments must be float32 or bfloat16");
+    }
+    for (size_t c : {p_in->element_count(), m_in->element_count(), v_in->element_count(),
+                     (*p_out)->element_count(), (*m_out)->element_count(),
+                     (*v_out)->element_count()}) {
+      if (auto e = CheckSameCount("a leaf buffer", c, n); e.failure()) return e;
+    }
+    if (n % configs != 0) {
+      return ffi::Error::InvalidArgument(
+          "adamjax native: the leading (config) axes of a leaf and hyper do not match");
+    }
+    const size_t mw = m_in->element_type() == ffi::DataType::BF16 ? 2 : 4;
+    const size_t vw = v_in->element_type() == ffi::DataType::BF16 ? 2 : 4;
+    float* p = static_cast<float*>((*p_out)->untyped_data());
+    char* m = static_cast<char*>((*m_out)->untyped_data());
+    char* v = static_cast<char*>((*v_out)->untyped_data());
+    // In place under the aliases; copy first if XLA ever hands over separate buffers.
+    if (p != p_in->untyped_data()) std::memcpy(p, p_in->untyped_data(), n * 4);
+    if (m != m_in->untyped_data()) std::memcpy(m, m_in->untyped_data(), n * mw);
+    if (v != v_in->untyped_data()) std::memcpy(v, v_in->untyped_data(), n * vw);
+    if (n == 0) continue;
+    const StepFn fn = Kernels().step[A == Algo::kAdam ? 0 : 1][1][fma][mw == 2][vw == 2];
+    work.push_back(LeafWork{p, static_cast<float*>(g_in->untyped_data()), m, v, n,
+                            n / configs, mw, vw, total, fn});
+    total += n;
+  }
+  if (total == 0) return ffi::Error::Success();
+  const LeafWork* w = work.data();
+  const size_t count = work.size();
+  ParallelFor(pool, total, [=](size_t lo, size_t hi) {
+    // The leaf holding lo: the last one that starts at or before it.
+    size_t k = static_cast<size_t>(
+        std::upper_bound(w, w + count, lo,
+                         [](size_t x, const LeafWork& l) { return x < l.start; }) -
+        w) - 1;
+    while (lo < hi) {
+      const LeafWork& l = w[k];
+      size_t a = lo - l.start;
+      const size_t b = std::min(hi - l.start, l.n);
+      while (a < b) {  // a leaf may hold several configs (a vmapped grid): split at rows
+        const size_t cfg = a / l.per_config;
+        const size_t end = std::min(b, (cfg + 1) * l.per_config);
+        l.fn(end - a, l.p + a, l.g + a, l.m + a * l.mw, l.v + a * l.vw,
+             LoadHyper(rows + cfg * kNumHyper));
+        a = end;
+      }
+      lo = l.start + b;
+      ++k;
+    }
+  });
+  return ffi::Error::Success();
+}
+
 ffi::Error RooflineImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p_in,
                         ffi::Buffer<ffi::F32> g_in, ffi::Buffer<ffi::F32> m_in,
                         ffi::Buffer<ffi::F32> v_in, ffi::Result<ffi::Buffer<ffi::F32>> p_out,
@@ -651,6 +758,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxApply, ApplyImpl<Algo::kAdaMax>,
                               ADAMJAX_APPLY_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxUpdate, UpdateImpl<Algo::kAdaMax>,
                               ADAMJAX_UPDATE_BINDING);
+#define ADAMJAX_APPLY_MULTI_BINDING \
+  ffi::Ffi::Bind()                   \
+      .Ctx<ffi::ThreadPool>()        \
+      .Arg<ffi::Buffer<ffi::F32>>()  \
+      .RemainingArgs()               \
+      .RemainingRets()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamApplyMulti, ApplyMultiImpl<Algo::kAdam>,
+                              ADAMJAX_APPLY_MULTI_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxApplyMulti, ApplyMultiImpl<Algo::kAdaMax>,
+                              ADAMJAX_APPLY_MULTI_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxRoofline, RooflineImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()

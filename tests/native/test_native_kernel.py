@@ -373,3 +373,83 @@ def test_narrower_isa_variants_give_the_same_bits(isa):
     r = _run_python(code, ADAMJAX_NATIVE_ISA=isa)
     assert r.returncode == 0, r.stderr
     assert "ISA OK" in r.stdout and r.stdout.startswith(isa), r.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# Many leaves in one call (adam_apply_leaves / adamax_apply_leaves).
+
+
+def _leaves(sizes, dtypes, seed=0):
+    out = [
+        _data(n, dt, seed=seed + i, special=(i == 1))
+        for i, (n, dt) in enumerate(zip(sizes, dtypes, strict=True))
+    ]
+    # Some leaves multi-dimensional: the kernel sees them end to end.
+    out[0] = tuple(x.reshape(-1, 1) if x.size % 1 == 0 else x for x in out[0])
+    return [list(x) for x in zip(*out, strict=True)]
+
+
+# More leaves than one native call takes (_LEAVES_PER_CALL), empty and tiny ones, both
+# state dtypes mixed, sizes that cross the threads' chunk boundaries.
+_SIZES = [5, 64, 0, 4096, 70_001, 1, 131_073] * 6
+_DTYPES = [jnp.float32, jnp.bfloat16, jnp.float32] * 14
+
+
+@pytest.mark.parametrize("algo", ["adam", "adamax"])
+def test_apply_leaves_equals_one_leaf_at_a_time(algo):
+    many = getattr(native, f"{algo}_apply_leaves")
+    one = getattr(native, f"{algo}_apply")
+    assert len(_SIZES) > native._LEAVES_PER_CALL
+    p, g, m, v = _leaves(_SIZES, _DTYPES)
+    got = jax.jit(lambda p, g, m, v, c: many(p, g, m, v, c, 1e-3, native=USE))(p, g, m, v, 3)
+    # Against the single-leaf kernel, which the tests above hold to the chain bit for bit
+    # (the chain itself, jitted on a 1-element leaf, may contract its FMAs differently).
+    want = jax.jit(
+        lambda p, g, m, v, c: [
+            one(*leaf, c, 1e-3, native=USE) for leaf in zip(p, g, m, v, strict=True)
+        ]
+    )(p, g, m, v, 3)
+    assert len(got) == len(_SIZES)
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        for x, y, what in zip(a, b, ("params", "m", "v"), strict=True):
+            assert x.shape == y.shape
+            assert_same(x, y, f"leaf {k} {what}")
+
+
+def test_apply_leaves_is_one_call_per_group_and_in_place():
+    p, g, m, v = _leaves([300_000, 4096, 17], [jnp.bfloat16, jnp.float32, jnp.float32])
+    step = jax.jit(
+        lambda p, g, m, v: native.adam_apply_leaves(p, g, m, v, 1, 1e-3, native=USE),
+        donate_argnums=(0, 2, 3),
+    )
+    if not DISABLED:
+        hlo = step.lower(p, g, m, v).compile().as_text()
+        assert hlo.count("custom-call(") == 1 and " copy(" not in hlo
+    p, m, v = (jax.tree.map(jnp.array, x) for x in (p, m, v))
+    ptrs = [[x.unsafe_buffer_pointer() for x in leaf] for leaf in zip(p, m, v, strict=True)]
+    out = step(p, g, m, v)
+    assert all(x.is_deleted() for x in p + m + v)
+    assert [[x.unsafe_buffer_pointer() for x in leaf] for leaf in out] == ptrs
+
+
+def test_apply_leaves_vmap_over_configs():
+    lrs = jnp.array([1e-3, 3e-2, 1e-1], jnp.float32)
+    p, g, m, v = _leaves([70_001, 5, 4096], [jnp.float32, jnp.bfloat16, jnp.float32])
+    got = jax.jit(jax.vmap(lambda lr: native.adam_apply_leaves(p, g, m, v, 2, lr, native=USE)))(lrs)
+    one = jax.jit(lambda lr: native.adam_apply_leaves(p, g, m, v, 2, lr, native=USE))
+    for i in range(3):
+        for a, b in zip(got, one(lrs[i]), strict=True):
+            for x, y in zip(a, b, strict=True):
+                assert_same(x[i], y, f"config {i}")
+
+
+def test_apply_leaves_bad_input():
+    assert native.adam_apply_leaves([], [], [], [], 1, 1e-3, native=USE) == []
+    x = jnp.ones(3)
+    with pytest.raises(ValueError):  # leaves lists of different lengths
+        native.adam_apply_leaves([x, x], [x], [x], [x], 1, 1e-3)
+    h = jnp.ones(3, jnp.float16)
+    with pytest.raises(TypeError, match=r"float32.*float16\[3\]"):
+        native.adam_apply_leaves([x, h], [x, h], [x, h], [x, h], 1, 1e-3, native=True)
+    out = native.adam_apply_leaves([x, h], [x, h], [x, h], [x, h], 1, 1e-3)  # auto: per leaf
+    assert [o[0].dtype for o in out] == [jnp.float32, jnp.float16]
