@@ -149,7 +149,12 @@ def run_single_tensors(sizes, repeats: int, with_torch: bool, bf16_at: int):
     out = []
     for n in sizes:
         cases, roof_label = single_tensor_cases(n, with_torch, bf16=(n == bf16_at))
+        # PyTorch's OpenMP threads spin for a while after each step and slow whatever runs
+        # next on the same cores, so the PyTorch cases are timed in a rotation of their own.
+        torch_cases = {k: cases.pop(k) for k in list(cases) if k.startswith("torch")}
         t = interleaved(cases, repeats=repeats)
+        if torch_cases:
+            t |= interleaved(torch_cases, repeats=repeats)
         k = device.inner_steps()  # the native roofline (CPU only) is one step per call
         t = {name: s if name == "native_roofline" else s / k for name, s in t.items()}
         out.append({"n": n, "seconds": t, "native_roofline": roof_label})

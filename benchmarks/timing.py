@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -9,18 +10,28 @@ from collections.abc import Callable
 import jax
 
 
-def interleaved(cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 2):
-    """Median seconds per call of each case, the cases run in turn (a, b, c, a, b, c, ...).
+def interleaved(
+    cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 2, seed: int = 0
+):
+    """Median seconds per call of each case, the cases run in turn, in a new random order
+    each round (b, a, c, c, a, b, ...).
 
     Each callable runs one step and blocks on its result. Interleaving spreads the noise of a
-    shared machine over all cases alike, so the ratios between them are what to read.
+    shared machine over all cases alike, so the ratios between them are what to read; the
+    shuffle keeps any one case from always following the same neighbour (a multi-threaded
+    kernel leaves the thread pool and the memory system in a state that the next case pays
+    for).
     """
     for _ in range(warmup):
         for fn in cases.values():
             fn()
+    rng = random.Random(seed)
+    names = list(cases)
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
-        for name, fn in cases.items():
+        rng.shuffle(names)
+        for name in names:
+            fn = cases[name]
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
