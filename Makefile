@@ -25,7 +25,7 @@ test: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy adamjax experiments
+	$(PY) -m mypy adamjax experiments benchmarks
 
 reproduce: install
 	$(PY) -m experiments fig1_logreg --quick --out $(OUT)/fig1_logreg

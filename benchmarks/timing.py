@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 
 
 def interleaved(
-    cases: dict[str, Callable[[], object]], repeats: int, warmup: int = 2, seed: int = 0
+    cases: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 2, seed: int = 0
 ):
     """Median seconds per call of each case, the cases run in turn, in a new random order
     each round (b, a, c, c, a, b, ...).

@@ -173,13 +173,13 @@ def run_grid(points: int, steps: int, repeats: int):
     t0 = time.perf_counter()
     jax.block_until_ready(single(lrs[0]))
     compile_single = time.perf_counter() - t0
-    seq_out = []
+    seq_out: list[jax.Array] = []
 
     def sequential():
         seq_out[:] = [single(lr) for lr in lrs]
         jax.block_until_ready(seq_out)
 
-    vm_out = []
+    vm_out: list[jax.Array] = []
 
     def vm():
         vm_out[:] = [vmapped(lrs)]

@@ -99,7 +99,8 @@ def tree_cases(params, include_flat_layout: bool):
 
 def run_tree(params, repeats: int, include_flat_layout: bool):
     cases = tree_cases(params, include_flat_layout)
-    compile_s, steppers = {}, {}
+    compile_s: dict[str, float] = {}
+    steppers: dict[str, Stepper] = {}
     for name, (make, opt, p, g) in cases.items():
         p = jax.tree.map(jnp.copy, p)
         st = opt.init(p)
