@@ -122,7 +122,8 @@ def adam_fused_apply(
     """The fused apply of ``adamjax.adam(...)``'s state, or None for the plain path.
 
     ``implementation="jax"`` gives None (update + apply_updates, which XLA fuses per leaf).
-    ``"native"`` uses :func:`adamjax.native.adam_apply` (28 bytes/parameter, one pass) and
+    ``"native"`` uses :func:`adamjax.native.adam_apply_leaves` (28 bytes/parameter, one pass over
+    all the leaves, after the whole backward pass) and
     raises if this configuration or the library cannot. ``"auto"`` uses it when the
     default backend is the CPU, the library is available and the configuration and every
     leaf's dtypes are supported: then the results are bit-for-bit those of the plain path
