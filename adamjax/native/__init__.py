@@ -541,6 +541,21 @@ def _run_leaves(kind: str, native: bool | None, leaves, *, hyper, hp):
     return jax.lax.platform_dependent(hyper, *flat, cpu=on_cpu, default=elsewhere)
 
 
+def _adam_hyper(count, learning_rate, b1, b2, eps, bias_correction):
+    """The kernel's hyperparameter row and the pure fallback's keyword arguments for Adam."""
+    native_available()  # settles how the kernel must round (see _xla_rounding)
+    hyper = _hyper(count, learning_rate, b1, b2, eps, bias_correction, adamax=False)
+    hp = dict(
+        count=count,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        bias_correction=bias_correction,
+    )
+    return hyper, hp
+
+
 # ----------------------------------------------------------------------------------------
 # Public API.
 
@@ -584,16 +599,7 @@ def adam_apply(
       ``(params, m, v)`` after the step, with the input dtypes. Donate ``params``, ``m``
       and ``v`` to ``jax.jit`` to update them in place.
     """
-    native_available()  # settles how the kernel must round (see _xla_rounding)
-    hyper = _hyper(count, learning_rate, b1, b2, eps, bias_correction, adamax=False)
-    hp = dict(
-        count=count,
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        bias_correction=bias_correction,
-    )
+    hyper, hp = _adam_hyper(count, learning_rate, b1, b2, eps, bias_correction)
     return _run("adam_apply", native, params, grads, m, v, hyper=hyper, hp=hp, after=after)
 
 
@@ -624,16 +630,7 @@ def adam_apply_leaves(
     parameter is then updated in place after the whole backward pass, without copies.
     Other arguments as in :func:`adam_apply`; the hyperparameters are shared by all leaves.
     """
-    native_available()
-    hyper = _hyper(count, learning_rate, b1, b2, eps, bias_correction, adamax=False)
-    hp = dict(
-        count=count,
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        bias_correction=bias_correction,
-    )
+    hyper, hp = _adam_hyper(count, learning_rate, b1, b2, eps, bias_correction)
     leaves = list(zip(params, grads, m, v, strict=True))
     return _run_leaves("adam_apply", native, leaves, hyper=hyper, hp=hp)
 
@@ -658,16 +655,7 @@ def adam_update(
     when XLA can reuse it (an intermediate in a jitted step, or donated grads).
     Arguments as in :func:`adam_apply`.
     """
-    native_available()
-    hyper = _hyper(count, learning_rate, b1, b2, eps, bias_correction, adamax=False)
-    hp = dict(
-        count=count,
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        bias_correction=bias_correction,
-    )
+    hyper, hp = _adam_hyper(count, learning_rate, b1, b2, eps, bias_correction)
     return _run("adam_update", native, grads, m, v, hyper=hyper, hp=hp)
 
 
