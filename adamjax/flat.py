@@ -158,9 +158,9 @@ def flat_layout(inner: GradientTransformation) -> GradientTransformation:
     ``inner``'s, bit for bit, because ``inner`` computes elementwise.
 
     The result carries a fused apply (see :mod:`adamjax.step`): with
-    :func:`adamjax.step.apply_gradients` the parameters are concatenated too and updated
-    in the same pass (with ``inner``'s own fused apply, e.g. the native kernel, when it
-    has one), then split back once.
+    :func:`adamjax.step.apply_gradients`, the flat updates are split and added leaf by leaf
+    (the parameters are never concatenated); when each dtype holds a single leaf, ``inner``'s
+    own fused apply (e.g. the native kernel) runs on it in place instead.
 
     Args:
       inner: a transformation that acts elementwise, such as :func:`adamjax.adam`.
@@ -185,12 +185,20 @@ def flat_layout(inner: GradientTransformation) -> GradientTransformation:
         layout = layout_of(params)
         flat_g = layout_of(grads).ravel(grads)
         flat_p = layout.ravel(params)
-        out = None if inner_fused is None else inner_fused(flat_g, state.inner, flat_p)
-        if out is not None:
-            new_p, new_inner = out
-        else:
-            flat_u, new_inner = inner.update(flat_g, state.inner, flat_p)
-            new_p = apply_updates(flat_p, flat_u)
-        return layout.unravel(new_p), FlatState(inner=new_inner)
+        # ``inner``'s fused apply (e.g. the native kernel) updates flat parameters in place;
+        # it pays only when that needs no concatenation and split of the parameters, i.e.
+        # when each dtype holds one leaf (measured on the transformer tree: 40 ms fused
+        # with the concatenation, 13 ms split-and-add below, Optax 8.5 ms).
+        one_leaf_per_bucket = layout.num_leaves == len(layout.buckets)
+        if inner_fused is not None and one_leaf_per_bucket:
+            out = inner_fused(flat_g, state.inner, flat_p)
+            if out is not None:
+                new_p, new_inner = out
+                return layout.unravel(new_p), FlatState(inner=new_inner)
+        # Split the updates and add them leaf by leaf, so the parameters are never
+        # concatenated (flat_p is dead code that XLA drops unless ``inner`` reads the
+        # parameters). Same bits: apply_updates is elementwise either way.
+        flat_u, new_inner = inner.update(flat_g, state.inner, flat_p)
+        return apply_updates(params, layout.unravel(flat_u)), FlatState(inner=new_inner)
 
     return with_fused_apply(GradientTransformation(init, update), fused_apply)

@@ -142,6 +142,34 @@ def test_apply_gradients_flat_layout_equals_tree(implementation):
     assert_trees_equal(got, want)
 
 
+def test_flat_layout_fused_kernel_only_when_no_concatenation():
+    """One leaf per dtype: the native kernel updates it in place; more leaves: split-and-add
+    (no concatenation of the parameters). Both equal the tree layout."""
+    from adamjax import native
+
+    rng = np.random.default_rng(1)
+    single = {"w": jnp.asarray(rng.normal(size=(300, 7)), jnp.float32)}
+    many = {"w": single["w"], "b": jnp.asarray(rng.normal(size=(7,)), jnp.float32)}
+    for params, fused in ((single, True), (many, False)):
+        opt = adamjax.adam(1e-2, layout="flat")
+        step = jax.jit(lambda p, st, g, opt=opt: apply_gradients(opt, g, st, p))
+        hlo = step.lower(params, opt.init(params), params).compile().as_text()
+        uses_kernel = "custom-call(" in hlo
+        assert uses_kernel == (fused and native.native_available()), (list(params), uses_kernel)
+        n = sum(x.size for x in params.values())
+        concats = [ln for ln in hlo.splitlines() if f"f32[{n}]" in ln and "concatenate(" in ln]
+        assert len(concats) == (0 if fused else 1), concats  # the gradients only
+        p, st = params, opt.init(params)
+        q, qst = params, adamjax.adam(1e-2, implementation="jax").init(params)
+        tree = adamjax.adam(1e-2, implementation="jax")
+        ref = jax.jit(lambda q, st, g, tree=tree: apply_gradients(tree, g, st, q))
+        for t in range(3):
+            g = grads_like(params, t)
+            p, st = step(p, st, g)
+            q, qst = ref(q, qst, g)
+        assert_trees_equal(p, q)
+
+
 def test_training_on_flat_params_equals_tree_training():
     """Params kept flat, views taken inside the loss: same gradients, same steps."""
     params = {k: v for k, v in mixed_tree().items() if k != "half"}
