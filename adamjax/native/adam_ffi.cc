@@ -509,13 +509,25 @@ ffi::Error ConfigLayout(const ffi::Buffer<ffi::F32>& hyper, size_t total, size_t
   return ffi::Error::Success();
 }
 
-// Shared by the apply and update handlers. `first_src`/`first` is params (apply) or the
-// grads that the updates overwrite (update).
+// One buffer set of a step (a leaf): where the kernel reads and writes, and how.
+struct LeafWork {
+  float* p;  // params (apply), or nullptr (update: the updates overwrite g)
+  float* g;
+  char* m;
+  char* v;
+  size_t n, per_config, mw, vw, start;  // start: offset in the index space of RunLeaves
+  StepFn fn;
+};
+
+// Validates one leaf's buffers against `hyper`, makes each output hold its input (they are
+// the same buffer under input_output_aliases; copied if XLA ever hands over two) and
+// describes the work; leaf->n == 0 for an empty leaf, which needs no hyper at all.
+// `p_in`/`first_out` is params (apply), or nullptr/the updates written over g (update).
 template <Algo A, bool kApply>
-ffi::Error RunStep(ffi::ThreadPool& pool, const ffi::AnyBuffer* p_in, const ffi::AnyBuffer& g_in,
-                   const ffi::AnyBuffer& m_in, const ffi::AnyBuffer& v_in,
-                   const ffi::Buffer<ffi::F32>& hyper, ffi::AnyBuffer& first_out,
-                   ffi::AnyBuffer& m_out, ffi::AnyBuffer& v_out) {
+ffi::Error PrepareLeaf(const ffi::AnyBuffer* p_in, const ffi::AnyBuffer& g_in,
+                       const ffi::AnyBuffer& m_in, const ffi::AnyBuffer& v_in,
+                       const ffi::Buffer<ffi::F32>& hyper, ffi::AnyBuffer& first_out,
+                       ffi::AnyBuffer& m_out, ffi::AnyBuffer& v_out, LeafWork* leaf) {
   const size_t total = g_in.element_count();
   if (g_in.element_type() != ffi::DataType::F32 ||
       first_out.element_type() != ffi::DataType::F32 ||
@@ -535,41 +547,78 @@ ffi::Error RunStep(ffi::ThreadPool& pool, const ffi::AnyBuffer* p_in, const ffi:
   if (p_in != nullptr) {
     if (auto e = CheckSameCount("params", p_in->element_count(), total); e.failure()) return e;
   }
+  *leaf = LeafWork{};
   if (total == 0) return ffi::Error::Success();
   size_t configs = 0, per_config = 0;
   if (auto e = ConfigLayout(hyper, total, &configs, &per_config); e.failure()) return e;
 
-  // Outputs alias the inputs under input_output_aliases; copy if XLA ever hands us two
-  // buffers, so that the kernel always works in place.
   const size_t mw = m_in.element_type() == ffi::DataType::BF16 ? 2 : 4;
   const size_t vw = v_in.element_type() == ffi::DataType::BF16 ? 2 : 4;
   float* first = static_cast<float*>(first_out.untyped_data());
-  void* m = m_out.untyped_data();
-  void* v = v_out.untyped_data();
+  char* m = static_cast<char*>(m_out.untyped_data());
+  char* v = static_cast<char*>(v_out.untyped_data());
   const void* first_src = kApply ? p_in->untyped_data() : g_in.untyped_data();
   if (first != first_src) std::memcpy(first, first_src, total * 4);
   if (m != m_in.untyped_data()) std::memcpy(m, m_in.untyped_data(), total * mw);
   if (v != v_in.untyped_data()) std::memcpy(v, v_in.untyped_data(), total * vw);
 
-  float* p = kApply ? first : nullptr;
-  float* g = kApply ? static_cast<float*>(g_in.untyped_data()) : first;
-  const bool mb = mw == 2, vb = vw == 2;
-  const float* rows = hyper.typed_data();
   // One program holds one contraction mode (it comes from how XLA compiles, not from data).
-  const bool fma = rows[kContract] != 0.0f;
-  const StepFn fn = Kernels().step[A == Algo::kAdam ? 0 : 1][kApply][fma][mb][vb];
+  const bool fma = hyper.typed_data()[kContract] != 0.0f;
+  *leaf = LeafWork{kApply ? first : nullptr,
+                   kApply ? static_cast<float*>(g_in.untyped_data()) : first,
+                   m,
+                   v,
+                   total,
+                   per_config,
+                   mw,
+                   vw,
+                   0,
+                   Kernels().step[A == Algo::kAdam ? 0 : 1][kApply][fma][mw == 2][vw == 2]};
+  return ffi::Error::Success();
+}
 
+// Runs the leaves laid end to end in one index space [0, total) (leaf k at w[k].start),
+// cut into chunks by the threads, so many small leaves cost one parallel loop; a chunk is
+// split where a leaf or a config (a row of hyper, for a vmapped grid) ends.
+void RunLeaves(ffi::ThreadPool& pool, const float* rows, const LeafWork* w, size_t count,
+               size_t total) {
   ParallelFor(pool, total, [=](size_t lo, size_t hi) {
+    // The leaf holding lo: the last one that starts at or before it.
+    size_t k = static_cast<size_t>(
+                   std::upper_bound(w, w + count, lo,
+                                    [](size_t x, const LeafWork& l) { return x < l.start; }) -
+                   w) -
+               1;
     while (lo < hi) {
-      const size_t cfg = lo / per_config;
-      const size_t end = std::min(hi, (cfg + 1) * per_config);
-      const Hyper h = LoadHyper(rows + cfg * kNumHyper);
-      char* mc = static_cast<char*>(m) + lo * mw;
-      char* vc = static_cast<char*>(v) + lo * vw;
-      fn(end - lo, kApply ? p + lo : nullptr, g + lo, mc, vc, h);
-      lo = end;
+      const LeafWork& l = w[k];
+      size_t a = lo - l.start;
+      const size_t b = std::min(hi - l.start, l.n);
+      while (a < b) {
+        const size_t cfg = a / l.per_config;
+        const size_t end = std::min(b, (cfg + 1) * l.per_config);
+        l.fn(end - a, l.p != nullptr ? l.p + a : nullptr, l.g + a, l.m + a * l.mw,
+             l.v + a * l.vw, LoadHyper(rows + cfg * kNumHyper));
+        a = end;
+      }
+      lo = l.start + b;
+      ++k;
     }
   });
+}
+
+// Shared by the apply and update handlers (one leaf).
+template <Algo A, bool kApply>
+ffi::Error RunStep(ffi::ThreadPool& pool, const ffi::AnyBuffer* p_in, const ffi::AnyBuffer& g_in,
+                   const ffi::AnyBuffer& m_in, const ffi::AnyBuffer& v_in,
+                   const ffi::Buffer<ffi::F32>& hyper, ffi::AnyBuffer& first_out,
+                   ffi::AnyBuffer& m_out, ffi::AnyBuffer& v_out) {
+  LeafWork leaf;
+  if (auto e = PrepareLeaf<A, kApply>(p_in, g_in, m_in, v_in, hyper, first_out, m_out, v_out,
+                                      &leaf);
+      e.failure()) {
+    return e;
+  }
+  if (leaf.n > 0) RunLeaves(pool, hyper.typed_data(), &leaf, 1, leaf.n);
   return ffi::Error::Success();
 }
 
@@ -591,19 +640,9 @@ ffi::Error UpdateImpl(ffi::ThreadPool pool, ffi::AnyBuffer g_in, ffi::AnyBuffer 
 }
 
 // Many leaves of a parameter tree in one call: operands hyper, then (p, g, m, v) per leaf;
-// results (p, m, v) per leaf, each aliased to its operand. The leaves are laid end to end in one index space
-// [0, total) that the threads cut into chunks, so many small leaves cost one call and one
-// parallel loop. (The binding passes a few dozen leaves per call: XLA's compile time
-// grows faster than linearly with the number of aliased results of one call.)
-struct LeafWork {
-  float* p;
-  float* g;
-  char* m;
-  char* v;
-  size_t n, per_config, mw, vw, start;
-  StepFn fn;
-};
-
+// results (p, m, v) per leaf, each aliased to its operand, all in one RunLeaves loop. (The
+// binding passes a few dozen leaves per call: XLA's compile time grows faster than
+// linearly with the number of aliased results of one call.)
 template <Algo A>
 ffi::Error ApplyMultiImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper,
                           ffi::RemainingArgs args, ffi::RemainingRets rets) {
@@ -612,13 +651,6 @@ ffi::Error ApplyMultiImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper,
         "adamjax native: apply_multi takes (p, g, m, v) per leaf and returns (p, m, v)");
   }
   const size_t leaves = args.size() / 4;
-  const size_t h = hyper.element_count();
-  if (h == 0 || h % kNumHyper != 0) {
-    return ffi::Error::InvalidArgument("adamjax native: hyper must hold rows of 9 floats");
-  }
-  const size_t configs = h / kNumHyper;
-  const float* rows = hyper.typed_data();
-  const bool fma = rows[kContract] != 0.0f;
   std::vector<LeafWork> work;
   work.reserve(leaves);
   size_t total = 0;
@@ -634,65 +666,18 @@ ffi::Error ApplyMultiImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper,
         p_out.has_error() || m_out.has_error() || v_out.has_error()) {
       return ffi::Error::InvalidArgument("adamjax native: apply_multi: a leaf is not a buffer");
     }
-    const size_t n = g_in->element_count();
-    if (g_in->element_type() != ffi::DataType::F32 ||
-        p_in->element_type() != ffi::DataType::F32 ||
-        (*p_out)->element_type() != ffi::DataType::F32) {
-      return ffi::Error::InvalidArgument("adamjax native: params and grads must be float32");
+    LeafWork leaf;
+    if (auto e = PrepareLeaf<A, true>(&*p_in, *g_in, *m_in, *v_in, hyper, **p_out, **m_out,
+                                      **v_out, &leaf);
+        e.failure()) {
+      return e;
     }
-    if (!IsStateType(m_in->element_type()) || !IsStateType(v_in->element_type()) ||
-        (*m_out)->element_type() != m_in->element_type() ||
-        (*v_out)->element_type() != v_in->element_type()) {
-      return ffi::Error::InvalidArgument("adamjax native: moments must be float32 or bfloat16");
-    }
-    for (size_t c : {p_in->element_count(), m_in->element_count(), v_in->element_count(),
-                     (*p_out)->element_count(), (*m_out)->element_count(),
-                     (*v_out)->element_count()}) {
-      if (auto e = CheckSameCount("a leaf buffer", c, n); e.failure()) return e;
-    }
-    if (n % configs != 0) {
-      return ffi::Error::InvalidArgument(
-          "adamjax native: the leading (config) axes of a leaf and hyper do not match");
-    }
-    const size_t mw = m_in->element_type() == ffi::DataType::BF16 ? 2 : 4;
-    const size_t vw = v_in->element_type() == ffi::DataType::BF16 ? 2 : 4;
-    float* p = static_cast<float*>((*p_out)->untyped_data());
-    char* m = static_cast<char*>((*m_out)->untyped_data());
-    char* v = static_cast<char*>((*v_out)->untyped_data());
-    // In place under the aliases; copy first if XLA ever hands over separate buffers.
-    if (p != p_in->untyped_data()) std::memcpy(p, p_in->untyped_data(), n * 4);
-    if (m != m_in->untyped_data()) std::memcpy(m, m_in->untyped_data(), n * mw);
-    if (v != v_in->untyped_data()) std::memcpy(v, v_in->untyped_data(), n * vw);
-    if (n == 0) continue;
-    const StepFn fn = Kernels().step[A == Algo::kAdam ? 0 : 1][1][fma][mw == 2][vw == 2];
-    work.push_back(LeafWork{p, static_cast<float*>(g_in->untyped_data()), m, v, n,
-                            n / configs, mw, vw, total, fn});
-    total += n;
+    if (leaf.n == 0) continue;
+    leaf.start = total;
+    total += leaf.n;
+    work.push_back(leaf);
   }
-  if (total == 0) return ffi::Error::Success();
-  const LeafWork* w = work.data();
-  const size_t count = work.size();
-  ParallelFor(pool, total, [=](size_t lo, size_t hi) {
-    // The leaf holding lo: the last one that starts at or before it.
-    size_t k = static_cast<size_t>(
-        std::upper_bound(w, w + count, lo,
-                         [](size_t x, const LeafWork& l) { return x < l.start; }) -
-        w) - 1;
-    while (lo < hi) {
-      const LeafWork& l = w[k];
-      size_t a = lo - l.start;
-      const size_t b = std::min(hi - l.start, l.n);
-      while (a < b) {  // a leaf may hold several configs (a vmapped grid): split at rows
-        const size_t cfg = a / l.per_config;
-        const size_t end = std::min(b, (cfg + 1) * l.per_config);
-        l.fn(end - a, l.p + a, l.g + a, l.m + a * l.mw, l.v + a * l.vw,
-             LoadHyper(rows + cfg * kNumHyper));
-        a = end;
-      }
-      lo = l.start + b;
-      ++k;
-    }
-  });
+  if (total > 0) RunLeaves(pool, hyper.typed_data(), work.data(), work.size(), total);
   return ffi::Error::Success();
 }
 
