@@ -465,23 +465,30 @@ def _chain_step(kind: str, arrays, dynamic, static):
     return first, st[0].mu, st[0].nu
 
 
+def _use_native(where: str, native: bool | None, ok: bool, arrays) -> bool:
+    """Whether to run the kernel: ``ok`` (the dtypes and shapes are supported), ``native``
+    not False and the library available; ``native=True`` raises when it cannot be honoured,
+    naming ``arrays`` (the offending buffers)."""
+    if native is True and not ok:
+        raise TypeError(
+            f"adamjax.native.{where}: native=True needs float32 params/grads and float32 or "
+            "bfloat16 moments, all of one shape; got "
+            + ", ".join(f"{jnp.result_type(a)}{list(jnp.shape(a))}" for a in arrays)
+        )
+    if native is True and not native_available():
+        raise RuntimeError(
+            f"adamjax.native.{where}: native=True but the native kernel is unavailable: "
+            f"{_NATIVE.reason}"
+        )
+    return ok and native is not False and native_available()
+
+
 def _run(kind: str, native: bool | None, first, *rest, hyper, hp, after=()):
     arrays = (first, *rest)
     params = first if kind.endswith("apply") else None
     grads, m, v = arrays[-3:]
     ok = supported(params, grads, m, v)
-    if native is True and not ok:
-        raise TypeError(
-            f"adamjax.native.{kind}: native=True needs float32 params/grads and float32 or "
-            "bfloat16 moments of one shape; got "
-            + ", ".join(f"{jnp.result_type(a)}{list(jnp.shape(a))}" for a in arrays)
-        )
-    if native is True and not native_available():
-        raise RuntimeError(
-            f"adamjax.native.{kind}: native=True but the native kernel is unavailable: "
-            f"{_NATIVE.reason}"
-        )
-    use_native = ok and native is not False and native_available()
+    use_native = _use_native(kind, native, ok, arrays)
     if int(np.prod(jnp.shape(first))) == 0:
         return tuple(jnp.asarray(a) for a in (first, m, v))
     if not use_native:
@@ -502,22 +509,11 @@ def _run(kind: str, native: bool | None, first, *rest, hyper, hp, after=()):
 def _run_leaves(kind: str, native: bool | None, leaves, *, hyper, hp):
     """:func:`_run` for many leaves at once: one native call for all of them."""
     leaves = [tuple(jnp.asarray(x) for x in leaf) for leaf in leaves]
-    ok = all(supported(*leaf) for leaf in leaves)
-    if native is True and not ok:
-        bad = next(leaf for leaf in leaves if not supported(*leaf))
-        raise TypeError(
-            f"adamjax.native.{kind}_leaves: native=True needs float32 params/grads and float32 "
-            "or bfloat16 moments of one shape in every leaf; got "
-            + ", ".join(f"{a.dtype}{list(a.shape)}" for a in bad)
-        )
-    if native is True and not native_available():
-        raise RuntimeError(
-            f"adamjax.native.{kind}_leaves: native=True but the native kernel is unavailable: "
-            f"{_NATIVE.reason}"
-        )
+    bad = next((leaf for leaf in leaves if not supported(*leaf)), ())
+    use_native = _use_native(f"{kind}_leaves", native, not bad, bad)
     if not leaves:
         return []
-    if not (ok and native is not False and native_available()):
+    if not use_native:
         return [_run(kind, False, *leaf, hyper=hyper, hp=hp) for leaf in leaves]
 
     def on_cpu(hyper, *flat):
@@ -553,6 +549,14 @@ def _adam_hyper(count, learning_rate, b1, b2, eps, bias_correction):
         eps=eps,
         bias_correction=bias_correction,
     )
+    return hyper, hp
+
+
+def _adamax_hyper(count, learning_rate, b1, b2, eps):
+    """The kernel's hyperparameter row and the pure fallback's keyword arguments for AdaMax."""
+    native_available()
+    hyper = _hyper(count, learning_rate, b1, b2, eps, True, adamax=True)
+    hp = dict(count=count, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
     return hyper, hp
 
 
@@ -667,9 +671,7 @@ def adamax_apply(
     ``u = max(b2 * u, |g|)``, ``p = p - lr * (m / (1 - b1**t)) / (u + eps)``; equal to
     ``adamjax.adamax`` plus ``apply_updates``. Arguments as in :func:`adam_apply`.
     """
-    native_available()
-    hyper = _hyper(count, learning_rate, b1, b2, eps, True, adamax=True)
-    hp = dict(count=count, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
+    hyper, hp = _adamax_hyper(count, learning_rate, b1, b2, eps)
     return _run("adamax_apply", native, params, grads, m, u, hyper=hyper, hp=hp)
 
 
@@ -677,18 +679,14 @@ def adamax_apply_leaves(
     params, grads, m, u, count, learning_rate, b1=0.9, b2=0.999, eps=1e-8, *, native=None
 ):
     """:func:`adamax_apply` on many leaves in one native call; see :func:`adam_apply_leaves`."""
-    native_available()
-    hyper = _hyper(count, learning_rate, b1, b2, eps, True, adamax=True)
-    hp = dict(count=count, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
+    hyper, hp = _adamax_hyper(count, learning_rate, b1, b2, eps)
     leaves = list(zip(params, grads, m, u, strict=True))
     return _run_leaves("adamax_apply", native, leaves, hyper=hyper, hp=hp)
 
 
 def adamax_update(grads, m, u, count, learning_rate, b1=0.9, b2=0.999, eps=1e-8, *, native=None):
     """One fused AdaMax step that returns ``(updates, m, u)``; see :func:`adamax_apply`."""
-    native_available()
-    hyper = _hyper(count, learning_rate, b1, b2, eps, True, adamax=True)
-    hp = dict(count=count, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
+    hyper, hp = _adamax_hyper(count, learning_rate, b1, b2, eps)
     return _run("adamax_update", native, grads, m, u, hyper=hyper, hp=hp)
 
 
