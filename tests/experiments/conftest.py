@@ -20,6 +20,15 @@ def real_data_dir() -> Path:
     return path
 
 
+@pytest.fixture
+def isolated(monkeypatch, tmp_path) -> Path:
+    """A tmp folder with no env data dir, an empty cache dir and downloads switched off."""
+    monkeypatch.delenv("ADAMJAX_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("ADAMJAX_NO_DOWNLOAD", "1")
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return real_data_dir()

@@ -37,13 +37,10 @@ def write_cifar(folder, n=N, seed=0):
 
 
 @pytest.fixture
-def isolated(monkeypatch, tmp_path):
-    """No env data dir, an empty cache dir, and 20-record files accepted as complete."""
-    monkeypatch.delenv("ADAMJAX_DATA_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("ADAMJAX_NO_DOWNLOAD", "1")
+def isolated(isolated, monkeypatch):
+    """conftest's isolated folder, with 20-record files accepted as complete."""
     monkeypatch.setattr(data, "CIFAR10_RECORDS_PER_FILE", N)
-    return tmp_path
+    return isolated
 
 
 def test_reads_official_layout_nhwc(isolated):

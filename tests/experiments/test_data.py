@@ -36,15 +36,6 @@ def write_dataset(root, n_train=6, n_test=4, gz=True):
     return md5
 
 
-@pytest.fixture
-def isolated(monkeypatch, tmp_path):
-    """No env data dir, an empty cache dir, no downloads, and tiny-file checksums."""
-    monkeypatch.delenv("ADAMJAX_DATA_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("ADAMJAX_NO_DOWNLOAD", "1")
-    return tmp_path
-
-
 @pytest.mark.parametrize("gz", [True, False])
 def test_reads_good_files_gz_or_raw(isolated, monkeypatch, gz):
     md5 = write_dataset(isolated / "d", gz=gz)
