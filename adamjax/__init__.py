@@ -19,10 +19,10 @@ from adamjax.base import (
     GradientTransformation,
     Moments,
     apply_updates,
-    chain,
 )
 from adamjax.bias import bias_correct
 from adamjax.flat import FlatLayout, FlatState, flat_layout, layout_of, ravel
+from adamjax.lowering import chain
 from adamjax.lr import ScheduleState, scale_by_lr
 from adamjax.moments import (
     MomentsState,
@@ -35,7 +35,7 @@ from adamjax.momentum import TraceState, trace
 from adamjax.native import native_available, native_info
 from adamjax.precondition import precondition
 from adamjax.schedules import constant_schedule, inverse_sqrt_schedule
-from adamjax.step import apply_gradients, fused_apply_of, with_fused_apply
+from adamjax.step import FusedTransformation, apply_gradients
 from adamjax.wrappers import SkipNonfiniteState, skip_nonfinite
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "EmptyState",
     "FlatLayout",
     "FlatState",
+    "FusedTransformation",
     "GradientTransformation",
     "Moments",
     "MomentsState",
@@ -64,7 +65,6 @@ __all__ = [
     "chain",
     "constant_schedule",
     "flat_layout",
-    "fused_apply_of",
     "inverse_sqrt_schedule",
     "layout_of",
     "native_available",
@@ -81,5 +81,4 @@ __all__ = [
     "skip_nonfinite",
     "temporal_averaging",
     "trace",
-    "with_fused_apply",
 ]

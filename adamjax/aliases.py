@@ -13,14 +13,14 @@ import jax.numpy as jnp
 
 from adamjax import _validate
 from adamjax.adadelta import scale_by_adadelta
-from adamjax.base import GradientTransformation, chain
+from adamjax.base import GradientTransformation
 from adamjax.bias import bias_correct
 from adamjax.flat import flat_layout
+from adamjax.lowering import chain
 from adamjax.lr import scale_by_lr
 from adamjax.moments import scale_by_inf_moment, scale_by_moments, scale_by_sum_of_squares
 from adamjax.momentum import trace
 from adamjax.precondition import precondition
-from adamjax.step import adam_fused_apply, with_fused_apply
 
 
 def _check_flag(fn: str, name: str, value: Any) -> None:
@@ -71,34 +71,21 @@ def adam(
         buffer per dtype (:func:`adamjax.flat.flat_layout`; same numbers, different state
         structure). For many small leaves keep the parameters flat too
         (:func:`adamjax.flat.ravel`).
-      implementation: how :func:`adamjax.step.apply_gradients` runs the step. ``"auto"``
-        uses the fused native CPU kernel (:mod:`adamjax.native`) on CPU where it gives the
-        same results bit for bit, pure JAX elsewhere; ``"jax"`` or ``"native"`` force one.
-        ``update`` itself is always the composed pure-JAX chain.
+      implementation: how ``update`` and :func:`adamjax.apply_gradients` run. ``"auto"``
+        runs the chain as the fused native CPU kernel where it gives the same results bit
+        for bit (see :func:`adamjax.chain` and docs/fast-paths.md), the composed pure-JAX
+        chain elsewhere; ``"jax"`` always the chain; ``"native"`` the kernel or an error.
     """
     _validate.check_learning_rate("adam", learning_rate)
     if layout not in ("tree", "flat"):
         raise ValueError(f"adam: layout must be 'tree' or 'flat', got {layout!r}.")
-    fused = adam_fused_apply(
-        learning_rate,
-        b1,
-        b2,
-        eps,
-        bias_correction=bias_correction,
-        eps_root=eps_root,
-        b1_decay=b1_decay,
-        state_dtype=state_dtype,
-        implementation=implementation,
-    )
     _check_flag("adam", "bias_correction", bias_correction)
     parts = [scale_by_moments(b1, b2, b1_decay=b1_decay, state_dtype=state_dtype)]  # m_t, v_t
     if bias_correction is not False:
         parts.append(bias_correct(b1, b2, enabled=bias_correction))  # m_hat_t, v_hat_t
     parts.append(precondition(eps, eps_root))  # m_hat_t / (sqrt(v_hat_t) + eps)
     parts.append(scale_by_lr(learning_rate))  # theta_t = theta_{t-1} - alpha * ...
-    opt = chain(*parts)
-    if fused is not None:
-        opt = with_fused_apply(opt, fused)
+    opt = chain(*parts, implementation=implementation)
     return flat_layout(opt) if layout == "flat" else opt
 
 
@@ -109,6 +96,7 @@ def adamax(
     eps: Any = 1e-8,
     *,
     state_dtype: Any | None = None,
+    implementation: str = "auto",
 ) -> GradientTransformation:
     r"""AdaMax (Sec. 7.1, Algorithm 2): Adam with the infinity norm.
 
@@ -117,6 +105,7 @@ def adamax(
         \theta_t = \theta_{t-1} - \frac{\alpha}{1-\beta_1^t}\frac{m_t}{u_t + \epsilon}
 
     The paper has no :math:`\epsilon`; the default 1e-8 only guards :math:`u_t = 0`.
+    ``implementation`` as in :func:`adam` (the native kernel has AdaMax's form too).
     """
     _validate.check_learning_rate("adamax", learning_rate)
     return chain(
@@ -124,6 +113,7 @@ def adamax(
         bias_correct(b1, b2),  # m_t / (1 - b1^t)
         precondition(eps),  # ... / (u_t + eps)
         scale_by_lr(learning_rate),  # theta_t = theta_{t-1} - alpha * ...
+        implementation=implementation,
     )
 
 

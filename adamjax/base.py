@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import optax
 from optax import EmptyState as EmptyState
 from optax import GradientTransformation as GradientTransformation
 from optax import GradientTransformationExtraArgs as GradientTransformationExtraArgs
@@ -154,13 +153,14 @@ def abs_sq(g: jax.Array) -> jax.Array:
     return g * g
 
 
-def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArgs:
-    """Compose transformations left to right: the output of one is the input of the next.
+def chain(
+    *transforms: GradientTransformation, implementation: str = "auto"
+) -> GradientTransformationExtraArgs:
+    """Compose transformations left to right; :func:`adamjax.lowering.chain` (which runs
+    known chains of primitives as a fused kernel)."""
+    from adamjax.lowering import chain as lowered_chain
 
-    Identical to :func:`optax.chain` (re-exported so that code can import only adamjax).
-    ``adamjax.adam`` is ``chain(scale_by_moments, bias_correct, precondition, scale_by_lr)``.
-    """
-    return optax.chain(*transforms)
+    return lowered_chain(*transforms, implementation=implementation)
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:

@@ -17,6 +17,7 @@ from adamjax.base import (
     GradientTransformation,
     expect_moments,
 )
+from adamjax.spec import Primitive, Spec
 
 
 def _correction(beta: Any, count: jax.Array, dtype: Any, enabled: Any) -> jax.Array:
@@ -82,4 +83,5 @@ def bias_correct(b1: Any = 0.9, b2: Any = 0.999, *, enabled: Any = True) -> Grad
             nu = jax.tree.map(lambda v: v / _correction(b2, m.count, v.dtype, enabled), m.nu)
         return m.replace(mu=mu, nu=nu, corrected=True), state
 
-    return GradientTransformation(init, update)
+    spec = Spec(fn, {"b1": b1, "b2": b2, "enabled": enabled}, {}, bias_correct)
+    return Primitive(init, update, spec)

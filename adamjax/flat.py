@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adamjax.base import GradientTransformation, apply_updates
-from adamjax.step import fused_apply_of, with_fused_apply
+from adamjax.step import FusedTransformation
 
 __all__ = ["FlatLayout", "FlatState", "flat_layout", "layout_of", "ravel"]
 
@@ -157,7 +157,7 @@ def flat_layout(inner: GradientTransformation) -> GradientTransformation:
     splits the updates back into the gradients' tree. The numbers are the same as
     ``inner``'s, bit for bit, because ``inner`` computes elementwise.
 
-    The result carries a fused apply (see :mod:`adamjax.step`): with
+    The result owns a fused apply (a :class:`adamjax.step.FusedTransformation`): with
     :func:`adamjax.step.apply_gradients`, the flat updates are split and added leaf by leaf
     (the parameters are never concatenated); when each dtype holds a single leaf, ``inner``'s
     own fused apply (e.g. the native kernel) runs on it in place instead.
@@ -179,7 +179,7 @@ def flat_layout(inner: GradientTransformation) -> GradientTransformation:
         flat_u, new_inner = inner.update(flat_g, state.inner, flat_p)
         return layout.unravel(flat_u), FlatState(inner=new_inner)
 
-    inner_fused = fused_apply_of(inner)
+    inner_fused = inner.fused_apply if isinstance(inner, FusedTransformation) else None
 
     def fused_apply(grads, state, params):
         layout = layout_of(params)
@@ -201,4 +201,4 @@ def flat_layout(inner: GradientTransformation) -> GradientTransformation:
         flat_u, new_inner = inner.update(flat_g, state.inner, flat_p)
         return apply_updates(params, layout.unravel(flat_u)), FlatState(inner=new_inner)
 
-    return with_fused_apply(GradientTransformation(init, update), fused_apply)
+    return FusedTransformation(init, update, fused_apply)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from adamjax import _validate
 from adamjax.base import EmptyState, GradientTransformation, expect_updates, safe_increment
+from adamjax.spec import Primitive, Spec
 
 
 class ScheduleState(NamedTuple):
@@ -46,7 +47,9 @@ def scale_by_lr(learning_rate: Any) -> GradientTransformation:
             out = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
             return out, ScheduleState(count=safe_increment(state.count))
 
-        return GradientTransformation(init_s, update_s)
+        return Primitive(
+            init_s, update_s, Spec(fn, {"learning_rate": learning_rate}, {}, scale_by_lr)
+        )
 
     def init(params):
         del params
@@ -60,4 +63,4 @@ def scale_by_lr(learning_rate: Any) -> GradientTransformation:
         )
         return out, state
 
-    return GradientTransformation(init, update)
+    return Primitive(init, update, Spec(fn, {"learning_rate": learning_rate}, {}, scale_by_lr))

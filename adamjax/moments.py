@@ -27,6 +27,7 @@ from adamjax.base import (
     safe_increment,
     state_dtype_for,
 )
+from adamjax.spec import Primitive, Spec
 
 _FIRST = "Put scale_by_moments (or another moment estimator) first, on the raw gradients."
 
@@ -134,7 +135,9 @@ def scale_by_moments(
         out = Moments(mu=mu, nu=nu, count=count, kind="ema_sq")
         return out, MomentsState(count=count, mu=new_mu, nu=new_nu)
 
-    return GradientTransformation(init, update)
+    hyper = {"b1": b1, "b2": b2, "b1_decay": b1_decay}
+    spec = Spec(fn, hyper, {"state_dtype": state_dtype}, scale_by_moments)
+    return Primitive(init, update, spec)
 
 
 def scale_by_inf_moment(
@@ -185,7 +188,8 @@ def scale_by_inf_moment(
         )
         return Moments(mu=mu, nu=nu, count=count, kind="inf_norm"), new_state
 
-    return GradientTransformation(init, update)
+    spec = Spec(fn, {"b1": b1, "b2": b2}, {"state_dtype": state_dtype}, scale_by_inf_moment)
+    return Primitive(init, update, spec)
 
 
 def scale_by_sum_of_squares(

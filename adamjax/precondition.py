@@ -18,6 +18,7 @@ from adamjax.base import (
     GradientTransformation,
     expect_moments,
 )
+from adamjax.spec import Primitive, Spec
 
 
 def _is_zero(x: Any) -> bool:
@@ -69,4 +70,5 @@ def precondition(eps: Any = 1e-8, eps_root: Any = 0.0) -> GradientTransformation
             out = jax.tree.map(lambda mu, v: mu / (jnp.sqrt(v + eps_root) + eps), m.mu, m.nu)
         return out, state
 
-    return GradientTransformation(init, update)
+    spec = Spec(fn, {"eps": eps, "eps_root": eps_root}, {}, precondition)
+    return Primitive(init, update, spec)

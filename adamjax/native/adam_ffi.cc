@@ -8,7 +8,9 @@
 // that the results are the same bit for bit. (XLA's simplifier turns the bias corrections
 // `m / broadcast(1 - b1**t)` into `m * broadcast(1 / (1 - b1**t))`; the kernel receives
 // those reciprocals.) Every hyperparameter arrives at run time, one row of a float32 operand per
-// config (a leading vmap axis becomes several rows; see kNumHyper).
+// config (a leading vmap axis becomes several rows; see kNumHyper). Whether to contract
+// a*b + c into an FMA as XLA's CPU code does is the call's attribute `fma` (it depends on
+// how XLA compiles, not on the data).
 //
 // Vectorisation is left to the compiler; the loops are compiled three times (AVX-512,
 // AVX2, baseline x86-64) and the widest one the CPU supports is picked once at load time.
@@ -62,8 +64,7 @@ enum HyperIndex : int {
   kEps = 5,
   kInvC1 = 6,    // 1 / (1 - b1**t), or 1 without bias correction
   kInvC2 = 7,    // 1 / (1 - b2**t), or 1
-  kContract = 8,  // 1: fuse a*b + c into one FMA where XLA's CPU code does, 0: never
-  kNumHyper = 9,
+  kNumHyper = 8,
 };
 
 struct Hyper {
@@ -132,13 +133,14 @@ ADAMJAX_INLINE float Ema(float decay, float old, float w, float x) {
 }
 
 // ---------------------------------------------------------------------------------------
-// The loops. `p` is updated in place (apply), or `g` is overwritten with the update
-// (update mode: the updates buffer aliases the gradients). All pointers are distinct.
+// The loops. `out` is the parameters, updated in place (apply), or the updates buffer,
+// written (update: `out = -lr * d`). All pointers are distinct; `g` is only read.
 enum class Algo { kAdam, kAdaMax };
 
 template <Algo A, bool kApply, bool kFma, typename MT, typename VT>
-ADAMJAX_INLINE void StepLoop(size_t n, float* ADAMJAX_RESTRICT p, float* ADAMJAX_RESTRICT g,
-                             MT* ADAMJAX_RESTRICT m, VT* ADAMJAX_RESTRICT v, const Hyper h) {
+ADAMJAX_INLINE void StepLoop(size_t n, float* ADAMJAX_RESTRICT p,
+                             const float* ADAMJAX_RESTRICT g, MT* ADAMJAX_RESTRICT m,
+                             VT* ADAMJAX_RESTRICT v, const Hyper h) {
   const float neg_lr = h.neg_lr, b1 = h.b1, omb1 = h.omb1, b2 = h.b2, omb2 = h.omb2,
               eps = h.eps, inv_c1 = h.inv_c1, inv_c2 = h.inv_c2;
   for (size_t i = 0; i < n; ++i) {
@@ -159,7 +161,7 @@ ADAMJAX_INLINE void StepLoop(size_t n, float* ADAMJAX_RESTRICT p, float* ADAMJAX
     if constexpr (kApply) {
       p[i] = MulAdd<kFma>(neg_lr, d, p[i]);  // scale_by_lr, apply_updates
     } else {
-      g[i] = neg_lr * d;  // scale_by_lr
+      p[i] = neg_lr * d;  // scale_by_lr (p is the updates buffer)
     }
   }
 }
@@ -240,7 +242,7 @@ struct HyperV {
 
 // One vector of 16: the new m and v (u), and p or g written in place.
 template <Algo A, bool kApply, bool kFma, bool kMb, bool kVb>
-ADAMJAX_AVX512_INLINE void Math16(const HyperV& h, float* p, float* g, __m512 m_old,
+ADAMJAX_AVX512_INLINE void Math16(const HyperV& h, float* p, const float* g, __m512 m_old,
                                   __m512 v_old, __m512* m_new, __m512* v_new) {
   const __m512 gi = _mm512_loadu_ps(g);
   const __m512 mi = Ema<kFma, kMb>(h.b1, m_old, h.omb1, gi);
@@ -261,13 +263,13 @@ ADAMJAX_AVX512_INLINE void Math16(const HyperV& h, float* p, float* g, __m512 m_
     _mm512_storeu_ps(p, kFma ? _mm512_fmadd_ps(h.neg_lr, d, pi)
                              : _mm512_add_ps(_mm512_mul_ps(h.neg_lr, d), pi));
   } else {
-    _mm512_storeu_ps(g, _mm512_mul_ps(h.neg_lr, d));
+    _mm512_storeu_ps(p, _mm512_mul_ps(h.neg_lr, d));
   }
 }
 
 template <Algo A, bool kApply, bool kFma, typename MT, typename VT>
 ADAMJAX_AVX512_INLINE void StepLoop(size_t n, float* ADAMJAX_RESTRICT p,
-                                    float* ADAMJAX_RESTRICT g, MT* ADAMJAX_RESTRICT m,
+                                    const float* ADAMJAX_RESTRICT g, MT* ADAMJAX_RESTRICT m,
                                     VT* ADAMJAX_RESTRICT v, const Hyper h) {
   if constexpr (std::is_same_v<MT, float> && std::is_same_v<VT, float>) {
     ::StepLoop<A, kApply, kFma, MT, VT>(n, p, g, m, v, h);  // vectorises well as it is
@@ -284,18 +286,15 @@ ADAMJAX_AVX512_INLINE void StepLoop(size_t n, float* ADAMJAX_RESTRICT p,
       // streams of two rates, and the step stays well above its 20 bytes per element.
       __builtin_prefetch(m + i + kAhead, 1, 3);
       __builtin_prefetch(v + i + kAhead, 1, 3);
-      if constexpr (kApply) {
-        __builtin_prefetch(p + i + kAhead, 1, 3);
-        __builtin_prefetch(p + i + kAhead + 16, 1, 3);
-      }
-      __builtin_prefetch(g + i + kAhead, kApply ? 0 : 1, 3);
-      __builtin_prefetch(g + i + kAhead + 16, kApply ? 0 : 1, 3);
+      __builtin_prefetch(p + i + kAhead, 1, 3);
+      __builtin_prefetch(p + i + kAhead + 16, 1, 3);
+      __builtin_prefetch(g + i + kAhead, 0, 3);
+      __builtin_prefetch(g + i + kAhead + 16, 0, 3);
       __m512 m0, m1, v0, v1;
       const __m512 mo0 = Load16(m + i), mo1 = Load16(m + i + 16);
       const __m512 vo0 = Load16(v + i), vo1 = Load16(v + i + 16);
-      Math16<A, kApply, kFma, kMb, kVb>(hv, kApply ? p + i : p, g + i, mo0, vo0, &m0, &v0);
-      Math16<A, kApply, kFma, kMb, kVb>(hv, kApply ? p + i + 16 : p, g + i + 16, mo1, vo1,
-                                        &m1, &v1);
+      Math16<A, kApply, kFma, kMb, kVb>(hv, p + i, g + i, mo0, vo0, &m0, &v0);
+      Math16<A, kApply, kFma, kMb, kVb>(hv, p + i + 16, g + i + 16, mo1, vo1, &m1, &v1);
       const bool m_ok = Store32(m + i, m0, m1);
       const bool v_ok = Store32(v + i, v0, v1);
       if (__builtin_expect(!(m_ok && v_ok), 0)) {
@@ -312,7 +311,7 @@ ADAMJAX_AVX512_INLINE void StepLoop(size_t n, float* ADAMJAX_RESTRICT p,
         }
       }
     }
-    ::StepLoop<A, kApply, kFma, MT, VT>(n - i, kApply ? p + i : p, g + i, m + i, v + i, h);
+    ::StepLoop<A, kApply, kFma, MT, VT>(n - i, p + i, g + i, m + i, v + i, h);
   }
 }
 
@@ -332,7 +331,7 @@ ADAMJAX_INLINE void RooflineLoop(size_t n, float* ADAMJAX_RESTRICT p,
 }
 
 // One entry per (algorithm, mode, m dtype, v dtype) and the roofline, for each ISA.
-using StepFn = void (*)(size_t, float*, float*, void*, void*, const Hyper&);
+using StepFn = void (*)(size_t, float*, const float*, void*, void*, const Hyper&);
 using RooflineFn = void (*)(size_t, float*, const float*, float*, float*);
 
 struct KernelTable {
@@ -344,7 +343,8 @@ struct KernelTable {
 #define ADAMJAX_DEFINE_ISA(NS, TARGET_ATTR, ISA_NAME, LOOP)                                  \
   namespace NS {                                                                          \
   template <Algo A, bool kApply, bool kFma, typename MT, typename VT>                     \
-  TARGET_ATTR void Step(size_t n, float* p, float* g, void* m, void* v, const Hyper& h) { \
+  TARGET_ATTR void Step(size_t n, float* p, const float* g, void* m, void* v,              \
+                        const Hyper& h) {                                                 \
     LOOP<A, kApply, kFma, MT, VT>(n, p, g, static_cast<MT*>(m), static_cast<VT*>(v), h);  \
   }                                                                                       \
   TARGET_ATTR void Roofline(size_t n, float* p, const float* g, float* m, float* v) {     \
@@ -498,7 +498,7 @@ ffi::Error ConfigLayout(const ffi::Buffer<ffi::F32>& hyper, size_t total, size_t
                         size_t* per_config) {
   const size_t h = hyper.element_count();
   if (h == 0 || h % kNumHyper != 0) {
-    return ffi::Error::InvalidArgument("adamjax native: hyper must hold rows of 9 floats");
+    return ffi::Error::InvalidArgument("adamjax native: hyper must hold rows of 8 floats");
   }
   *configs = h / kNumHyper;
   if (total % *configs != 0) {
@@ -511,26 +511,25 @@ ffi::Error ConfigLayout(const ffi::Buffer<ffi::F32>& hyper, size_t total, size_t
 
 // One buffer set of a step (a leaf): where the kernel reads and writes, and how.
 struct LeafWork {
-  float* p;  // params (apply), or nullptr (update: the updates overwrite g)
-  float* g;
+  float* out;  // params, updated in place (apply), or the updates, written (update)
+  const float* g;
   char* m;
   char* v;
   size_t n, per_config, mw, vw, start;  // start: offset in the index space of RunLeaves
   StepFn fn;
 };
 
-// Validates one leaf's buffers against `hyper`, makes each output hold its input (they are
-// the same buffer under input_output_aliases; copied if XLA ever hands over two) and
-// describes the work; leaf->n == 0 for an empty leaf, which needs no hyper at all.
-// `p_in`/`first_out` is params (apply), or nullptr/the updates written over g (update).
+// Validates one leaf's buffers against `hyper`, makes each in-place output hold its input
+// (they are the same buffer under input_output_aliases; copied if XLA ever hands over two)
+// and describes the work; leaf->n == 0 for an empty leaf, which needs no hyper at all.
+// `p_in` is the params (apply) or nullptr (update: `out` is a fresh updates buffer).
 template <Algo A, bool kApply>
 ffi::Error PrepareLeaf(const ffi::AnyBuffer* p_in, const ffi::AnyBuffer& g_in,
                        const ffi::AnyBuffer& m_in, const ffi::AnyBuffer& v_in,
-                       const ffi::Buffer<ffi::F32>& hyper, ffi::AnyBuffer& first_out,
+                       const ffi::Buffer<ffi::F32>& hyper, bool fma, ffi::AnyBuffer& out,
                        ffi::AnyBuffer& m_out, ffi::AnyBuffer& v_out, LeafWork* leaf) {
   const size_t total = g_in.element_count();
-  if (g_in.element_type() != ffi::DataType::F32 ||
-      first_out.element_type() != ffi::DataType::F32 ||
+  if (g_in.element_type() != ffi::DataType::F32 || out.element_type() != ffi::DataType::F32 ||
       (p_in != nullptr && p_in->element_type() != ffi::DataType::F32)) {
     return ffi::Error::InvalidArgument("adamjax native: params and grads must be float32");
   }
@@ -541,7 +540,7 @@ ffi::Error PrepareLeaf(const ffi::AnyBuffer* p_in, const ffi::AnyBuffer& g_in,
   }
   if (auto e = CheckSameCount("m", m_in.element_count(), total); e.failure()) return e;
   if (auto e = CheckSameCount("v", v_in.element_count(), total); e.failure()) return e;
-  if (auto e = CheckSameCount("an output", first_out.element_count(), total); e.failure()) {
+  if (auto e = CheckSameCount("an output", out.element_count(), total); e.failure()) {
     return e;
   }
   if (p_in != nullptr) {
@@ -554,18 +553,14 @@ ffi::Error PrepareLeaf(const ffi::AnyBuffer* p_in, const ffi::AnyBuffer& g_in,
 
   const size_t mw = m_in.element_type() == ffi::DataType::BF16 ? 2 : 4;
   const size_t vw = v_in.element_type() == ffi::DataType::BF16 ? 2 : 4;
-  float* first = static_cast<float*>(first_out.untyped_data());
+  float* o = static_cast<float*>(out.untyped_data());
   char* m = static_cast<char*>(m_out.untyped_data());
   char* v = static_cast<char*>(v_out.untyped_data());
-  const void* first_src = kApply ? p_in->untyped_data() : g_in.untyped_data();
-  if (first != first_src) std::memcpy(first, first_src, total * 4);
+  if (kApply && o != p_in->untyped_data()) std::memcpy(o, p_in->untyped_data(), total * 4);
   if (m != m_in.untyped_data()) std::memcpy(m, m_in.untyped_data(), total * mw);
   if (v != v_in.untyped_data()) std::memcpy(v, v_in.untyped_data(), total * vw);
-
-  // One program holds one contraction mode (it comes from how XLA compiles, not from data).
-  const bool fma = hyper.typed_data()[kContract] != 0.0f;
-  *leaf = LeafWork{kApply ? first : nullptr,
-                   kApply ? static_cast<float*>(g_in.untyped_data()) : first,
+  *leaf = LeafWork{o,
+                   static_cast<const float*>(g_in.untyped_data()),
                    m,
                    v,
                    total,
@@ -596,8 +591,8 @@ void RunLeaves(ffi::ThreadPool& pool, const float* rows, const LeafWork* w, size
       while (a < b) {
         const size_t cfg = a / l.per_config;
         const size_t end = std::min(b, (cfg + 1) * l.per_config);
-        l.fn(end - a, l.p != nullptr ? l.p + a : nullptr, l.g + a, l.m + a * l.mw,
-             l.v + a * l.vw, LoadHyper(rows + cfg * kNumHyper));
+        l.fn(end - a, l.out + a, l.g + a, l.m + a * l.mw, l.v + a * l.vw,
+             LoadHyper(rows + cfg * kNumHyper));
         a = end;
       }
       lo = l.start + b;
@@ -606,69 +601,39 @@ void RunLeaves(ffi::ThreadPool& pool, const float* rows, const LeafWork* w, size
   });
 }
 
-// Shared by the apply and update handlers (one leaf).
+// Many leaves in one call: operands `hyper`, then per leaf (p, g, m, v) (apply) or
+// (g, m, v) (update); results per leaf (p, m, v) or (u, m, v). p, m and v are updated in
+// place (aliased to their operands by the binding); u is a fresh buffer. All leaves run in
+// one RunLeaves loop. `fma`: whether to contract a*b + c into an FMA as XLA's CPU code does.
 template <Algo A, bool kApply>
-ffi::Error RunStep(ffi::ThreadPool& pool, const ffi::AnyBuffer* p_in, const ffi::AnyBuffer& g_in,
-                   const ffi::AnyBuffer& m_in, const ffi::AnyBuffer& v_in,
-                   const ffi::Buffer<ffi::F32>& hyper, ffi::AnyBuffer& first_out,
-                   ffi::AnyBuffer& m_out, ffi::AnyBuffer& v_out) {
-  LeafWork leaf;
-  if (auto e = PrepareLeaf<A, kApply>(p_in, g_in, m_in, v_in, hyper, first_out, m_out, v_out,
-                                      &leaf);
-      e.failure()) {
-    return e;
-  }
-  if (leaf.n > 0) RunLeaves(pool, hyper.typed_data(), &leaf, 1, leaf.n);
-  return ffi::Error::Success();
-}
-
-template <Algo A>
-ffi::Error ApplyImpl(ffi::ThreadPool pool, ffi::AnyBuffer p_in, ffi::AnyBuffer g_in,
-                     ffi::AnyBuffer m_in, ffi::AnyBuffer v_in, ffi::Buffer<ffi::F32> hyper,
-                     ffi::RemainingArgs /*after: read by nobody, see the binding*/,
-                     ffi::Result<ffi::AnyBuffer> p_out, ffi::Result<ffi::AnyBuffer> m_out,
-                     ffi::Result<ffi::AnyBuffer> v_out) {
-  return RunStep<A, true>(pool, &p_in, g_in, m_in, v_in, hyper, *p_out, *m_out, *v_out);
-}
-
-template <Algo A>
-ffi::Error UpdateImpl(ffi::ThreadPool pool, ffi::AnyBuffer g_in, ffi::AnyBuffer m_in,
-                      ffi::AnyBuffer v_in, ffi::Buffer<ffi::F32> hyper,
-                      ffi::Result<ffi::AnyBuffer> u_out, ffi::Result<ffi::AnyBuffer> m_out,
-                      ffi::Result<ffi::AnyBuffer> v_out) {
-  return RunStep<A, false>(pool, nullptr, g_in, m_in, v_in, hyper, *u_out, *m_out, *v_out);
-}
-
-// Many leaves of a parameter tree in one call: operands hyper, then (p, g, m, v) per leaf;
-// results (p, m, v) per leaf, each aliased to its operand, all in one RunLeaves loop. (The
-// binding passes a few dozen leaves per call: XLA's compile time grows faster than
-// linearly with the number of aliased results of one call.)
-template <Algo A>
-ffi::Error ApplyMultiImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper,
-                          ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  if (args.size() % 4 != 0 || rets.size() * 4 != args.size() * 3) {
+ffi::Error StepImpl(ffi::ThreadPool pool, int32_t fma, ffi::Buffer<ffi::F32> hyper,
+                    ffi::RemainingArgs args, ffi::RemainingRets rets) {
+  constexpr size_t kIn = kApply ? 4 : 3;
+  if (args.size() % kIn != 0 || rets.size() * kIn != args.size() * 3) {
     return ffi::Error::InvalidArgument(
-        "adamjax native: apply_multi takes (p, g, m, v) per leaf and returns (p, m, v)");
+        kApply ? "adamjax native: apply takes (p, g, m, v) per leaf and returns (p, m, v)"
+               : "adamjax native: update takes (g, m, v) per leaf and returns (u, m, v)");
   }
-  const size_t leaves = args.size() / 4;
+  const size_t leaves = args.size() / kIn;
   std::vector<LeafWork> work;
   work.reserve(leaves);
   size_t total = 0;
   for (size_t k = 0; k < leaves; ++k) {
-    auto p_in = args.get<ffi::AnyBuffer>(4 * k);
-    auto g_in = args.get<ffi::AnyBuffer>(4 * k + 1);
-    auto m_in = args.get<ffi::AnyBuffer>(4 * k + 2);
-    auto v_in = args.get<ffi::AnyBuffer>(4 * k + 3);
-    auto p_out = rets.get<ffi::AnyBuffer>(3 * k);
+    const size_t a0 = kIn * k + (kApply ? 1 : 0);  // the leaf's gradient operand
+    auto g_in = args.get<ffi::AnyBuffer>(a0);
+    auto m_in = args.get<ffi::AnyBuffer>(a0 + 1);
+    auto v_in = args.get<ffi::AnyBuffer>(a0 + 2);
+    auto p_in = args.get<ffi::AnyBuffer>(kApply ? kIn * k : a0);
+    auto out = rets.get<ffi::AnyBuffer>(3 * k);
     auto m_out = rets.get<ffi::AnyBuffer>(3 * k + 1);
     auto v_out = rets.get<ffi::AnyBuffer>(3 * k + 2);
     if (p_in.has_error() || g_in.has_error() || m_in.has_error() || v_in.has_error() ||
-        p_out.has_error() || m_out.has_error() || v_out.has_error()) {
-      return ffi::Error::InvalidArgument("adamjax native: apply_multi: a leaf is not a buffer");
+        out.has_error() || m_out.has_error() || v_out.has_error()) {
+      return ffi::Error::InvalidArgument("adamjax native: a leaf is not a buffer");
     }
     LeafWork leaf;
-    if (auto e = PrepareLeaf<A, true>(&*p_in, *g_in, *m_in, *v_in, hyper, **p_out, **m_out,
-                                      **v_out, &leaf);
+    if (auto e = PrepareLeaf<A, kApply>(kApply ? &*p_in : nullptr, *g_in, *m_in, *v_in, hyper,
+                                        fma != 0, **out, **m_out, **v_out, &leaf);
         e.failure()) {
       return e;
     }
@@ -707,53 +672,26 @@ ffi::Error RooflineImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p_in,
 
 }  // namespace
 
-// The apply targets take any number of extra operands after `hyper` that they never read:
-// passing them makes XLA order the call after the ops that produce them. A train step
-// passes all its gradients, so that the in-place update of a parameter comes after every
-// op that reads it (the backward pass); without that order XLA's copy insertion copies
-// each parameter that is read by an op not upstream of its own gradient (twice, 8 MB per
-// step for a 1000x1000 weight matrix).
-#define ADAMJAX_APPLY_BINDING  \
-  ffi::Ffi::Bind()              \
-      .Ctx<ffi::ThreadPool>()   \
-      .Arg<ffi::AnyBuffer>()    \
-      .Arg<ffi::AnyBuffer>()    \
-      .Arg<ffi::AnyBuffer>()    \
-      .Arg<ffi::AnyBuffer>()    \
+// The step targets: (hyper, leaves...) -> (outputs per leaf), attribute `fma`. (The
+// binding passes a few dozen leaves per call: XLA's compile time grows faster than linearly
+// with the number of aliased results of one call.)
+#define ADAMJAX_STEP_BINDING       \
+  ffi::Ffi::Bind()                 \
+      .Ctx<ffi::ThreadPool>()      \
+      .Attr<int32_t>("fma")        \
       .Arg<ffi::Buffer<ffi::F32>>() \
-      .RemainingArgs()          \
-      .Ret<ffi::AnyBuffer>()    \
-      .Ret<ffi::AnyBuffer>()    \
-      .Ret<ffi::AnyBuffer>()
-
-#define ADAMJAX_UPDATE_BINDING \
-  ffi::Ffi::Bind()              \
-      .Ctx<ffi::ThreadPool>()   \
-      .Arg<ffi::AnyBuffer>()    \
-      .Arg<ffi::AnyBuffer>()    \
-      .Arg<ffi::AnyBuffer>()    \
-      .Arg<ffi::Buffer<ffi::F32>>() \
-      .Ret<ffi::AnyBuffer>()    \
-      .Ret<ffi::AnyBuffer>()    \
-      .Ret<ffi::AnyBuffer>()
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamApply, ApplyImpl<Algo::kAdam>, ADAMJAX_APPLY_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamUpdate, UpdateImpl<Algo::kAdam>, ADAMJAX_UPDATE_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxApply, ApplyImpl<Algo::kAdaMax>,
-                              ADAMJAX_APPLY_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxUpdate, UpdateImpl<Algo::kAdaMax>,
-                              ADAMJAX_UPDATE_BINDING);
-#define ADAMJAX_APPLY_MULTI_BINDING \
-  ffi::Ffi::Bind()                   \
-      .Ctx<ffi::ThreadPool>()        \
-      .Arg<ffi::Buffer<ffi::F32>>()  \
-      .RemainingArgs()               \
+      .RemainingArgs()             \
       .RemainingRets()
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamApplyMulti, ApplyMultiImpl<Algo::kAdam>,
-                              ADAMJAX_APPLY_MULTI_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxApplyMulti, ApplyMultiImpl<Algo::kAdaMax>,
-                              ADAMJAX_APPLY_MULTI_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamApply, (StepImpl<Algo::kAdam, true>),
+                              ADAMJAX_STEP_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamUpdate, (StepImpl<Algo::kAdam, false>),
+                              ADAMJAX_STEP_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxApply, (StepImpl<Algo::kAdaMax, true>),
+                              ADAMJAX_STEP_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxUpdate, (StepImpl<Algo::kAdaMax, false>),
+                              ADAMJAX_STEP_BINDING);
+// Benchmarks only (benchmarks/): the memory roofline of a float32 step, p, m, v += g.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxRoofline, RooflineImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -768,7 +706,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxRoofline, RooflineImpl,
 // Plain C entry points for diagnostics (loaded with ctypes).
 extern "C" __attribute__((visibility("default"))) const char* AdamjaxNativeIsa() {
   return Kernels().isa;
-}
-extern "C" __attribute__((visibility("default"))) int AdamjaxNativeHyperWidth() {
-  return kNumHyper;
 }

@@ -1,0 +1,331 @@
+r"""Chains of known primitives, run as one fused native kernel where that is the same.
+
+The chain is the specification; a kernel is one way to run it. :func:`chain` composes
+transformations like ``optax.chain`` and, when its parts are exactly the primitives of a
+pattern it knows, returns a transformation with the same ``init`` and state whose
+``update`` runs the pattern as the native CPU kernel (:mod:`adamjax.native`), and which
+owns the fused apply of :func:`adamjax.apply_gradients`. The patterns (Kingma & Ba, ICLR
+2015, Algorithms 1 and 2)::
+
+    Adam:    scale_by_moments    -> [bias_correct] -> precondition -> scale_by_lr
+    AdaMax:  scale_by_inf_moment -> [bias_correct] -> precondition -> scale_by_lr
+
+per element, with :math:`t` the step and :math:`c_i = 1 - \beta_i^t` (1 without
+``bias_correct``):
+
+.. math::
+    m_t = \beta_1 m + (1-\beta_1) g,\quad v_t = \beta_2 v + (1-\beta_2) g^2
+    \ (\text{AdaMax: } u_t = \max(\beta_2 u, |g|)),\quad
+    u = -\alpha_t \frac{m_t / c_1}{\sqrt{v_t / c_2} + \epsilon}
+    \ (\text{AdaMax: } -\alpha_t \frac{m_t / c_1}{u_t + \epsilon})
+
+The kernel runs when, at trace time: ``implementation`` is not ``"jax"``; the default
+backend is the CPU with a single CPU device (XLA's SPMD partitioner would replicate a
+custom call over a mesh); the configuration is one the kernel has (``b1_decay = 1``,
+``eps_root = 0``, ``b1`` not the number 0, moments stored as float32 or bfloat16); every
+gradient leaf is float32 (params too, for the fused apply) with float32/bfloat16 moments;
+array hyperparameters are float32 scalars (a boolean for ``enabled``); and the library
+loaded and passed its self-test. Otherwise the chain runs as written. Its outputs are
+those of the XLA-compiled chain bit for bit (tests/native, tests/test_fast_paths.py).
+
+It stays differentiable: the kernel is wrapped in ``jax.custom_jvp`` whose rule is the
+JVP of the pure chain, with every hyperparameter an explicit argument, so ``jax.grad``
+and ``jax.jvp`` through ``update`` (w.r.t. the gradients, the state or e.g. a traced
+learning rate) give the chain's derivatives. Under ``jax.vmap`` over hyperparameters the
+kernel takes one row of hyperparameters per configuration.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamjax.base import GradientTransformationExtraArgs, apply_updates, safe_increment
+from adamjax.spec import Spec, spec_of
+from adamjax.step import FusedTransformation
+
+__all__ = ["chain"]
+
+_IMPLEMENTATIONS = ("auto", "jax", "native")
+_F32 = jnp.dtype(jnp.float32)
+_STATE_DTYPES = (_F32, jnp.dtype(jnp.bfloat16))
+_ALGO = {"scale_by_moments": "adam", "scale_by_inf_moment": "adamax"}
+
+
+def chain(*transforms: Any, implementation: str = "auto") -> GradientTransformationExtraArgs:
+    """Compose transformations left to right, like :func:`optax.chain` (same state).
+
+    ``adamjax.adam`` is ``chain(scale_by_moments, bias_correct, precondition,
+    scale_by_lr)``. When the parts are exactly such a chain of adamjax primitives (Adam's
+    or AdaMax's, with or without ``bias_correct``), the result runs as the fused native
+    kernel where the module docstring says it can, with the same results bit for bit.
+
+    Args:
+      *transforms: the transformations, applied in order.
+      implementation: ``"auto"`` (the kernel where it applies, else the chain as written),
+        ``"jax"`` (always the chain as written: exactly ``optax.chain``) or ``"native"``
+        (the kernel; raises a ``ValueError`` at construction if the chain is not one it
+        runs, and a ``TypeError``/``RuntimeError`` at trace time for unsupported arrays or
+        an unavailable library).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` (a
+      :class:`adamjax.step.FusedTransformation` when lowered).
+    """
+    if implementation not in _IMPLEMENTATIONS:
+        raise ValueError(
+            f"chain: implementation must be one of {_IMPLEMENTATIONS}, got {implementation!r}."
+        )
+    pure = optax.chain(*transforms)
+    if implementation == "jax":
+        return pure
+    plan, why = _match(transforms)
+    if plan is None:
+        if implementation == "native":
+            raise ValueError(
+                f"implementation='native' cannot run this chain: {why}. Use 'auto' to run "
+                "it as written."
+            )
+        return pure
+    return _lowered(plan, pure, implementation == "native")
+
+
+# ----------------------------------------------------------------------------------------
+# Recognising a chain.
+
+
+def _is_number(x: Any, value: float) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and float(x) == value
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A recognised chain: its algorithm and the specs of its parts."""
+
+    algo: str  # "adam" or "adamax"
+    moments: Spec
+    bias: Spec | None
+    precondition: Spec
+    lr: Spec
+
+    def values(self, lr: Any) -> dict[str, Any]:
+        """The hyperparameters as given, with the learning rate of this step."""
+        bias = self.bias.hyper if self.bias is not None else {}
+        return {
+            "b1": self.moments.hyper["b1"],
+            "b2": self.moments.hyper["b2"],
+            "cb1": bias.get("b1"),  # None: the estimator's rate
+            "cb2": bias.get("b2"),
+            "enabled": bias.get("enabled", True),
+            "eps": self.precondition.hyper["eps"],
+            "lr": lr,
+        }
+
+    def pure(self, v: dict[str, Any]) -> optax.GradientTransformation:
+        """The chain rebuilt from its primitives with the hyperparameters ``v``."""
+        parts = [self.moments.rebuild(b1=v["b1"], b2=v["b2"])]
+        if self.bias is not None:
+            parts.append(self.bias.rebuild(b1=v["cb1"], b2=v["cb2"], enabled=v["enabled"]))
+        parts.append(self.precondition.rebuild(eps=v["eps"]))
+        parts.append(self.lr.rebuild(learning_rate=v["lr"]))
+        return optax.chain(*parts)
+
+
+def _match(transforms: tuple) -> tuple[_Plan | None, str]:
+    """The plan of a chain the kernel runs, or ``(None, why not)``."""
+    specs = [spec_of(t) for t in transforms]
+    if not specs or any(s is None for s in specs):
+        return None, "its parts are not all adamjax primitives"
+    names = [s.name for s in specs if s is not None]
+    shape = [n for n in names if n != "bias_correct"]
+    algo = _ALGO.get(names[0])
+    if algo is None or shape[1:] != ["precondition", "scale_by_lr"] or len(names) > 4:
+        return None, f"{' -> '.join(names)} is not a chain the kernel knows"
+    bias = specs[1] if names[1] == "bias_correct" else None
+    moments, precond, lr = specs[0], specs[-2], specs[-1]
+    assert moments is not None and precond is not None and lr is not None
+    m = moments.hyper
+    if algo == "adam" and not _is_number(m.get("b1_decay", 1.0), 1.0):
+        return None, f"b1_decay={m['b1_decay']!r} (the kernel has a constant b1)"
+    if _is_number(m["b1"], 0.0):
+        return None, "b1=0 (no first moment is stored)"
+    sd = moments.options.get("state_dtype")
+    if sd is not None and jnp.dtype(sd) not in _STATE_DTYPES:
+        return None, f"state_dtype={sd!r} (the kernel stores float32 or bfloat16)"
+    if not _is_number(precond.hyper.get("eps_root", 0.0), 0.0):
+        eps_root = precond.hyper["eps_root"]
+        return None, f"eps_root={eps_root!r} (the kernel has no epsilon inside the root)"
+    return _Plan(algo, moments, bias, precond, lr), ""
+
+
+# ----------------------------------------------------------------------------------------
+# The lowered transformation.
+
+
+def _lowered(plan: _Plan, pure: Any, force: bool) -> FusedTransformation:
+    def update(updates, state, params=None, **extra_args):
+        out = _maybe_native("update", plan, force, updates, state, params)
+        if out is None:
+            return pure.update(updates, state, params, **extra_args)
+        return out
+
+    def fused_apply(grads, state, params):
+        return _maybe_native("apply", plan, force, grads, state, params)
+
+    update.__doc__ = pure.update.__doc__
+    return FusedTransformation(pure.init, update, fused_apply)
+
+
+def _dynamic_ok(name: str, x: Any) -> bool:
+    dtype = jnp.bool_ if name == "enabled" else _F32
+    return jnp.shape(x) == () and jnp.result_type(x) == dtype
+
+
+def _why_not_here(plan, values, g, mu, nu, p) -> tuple[str, type[Exception]] | None:
+    """Why the kernel cannot run this step (and the error ``native`` raises), or None."""
+    if len(jax.devices("cpu")) > 1:
+        return "several CPU devices (a mesh would replicate the kernel call)", ValueError
+    leaves = list(zip(g, mu, nu, p if p is not None else [None] * len(g), strict=True))
+    for grad, m, v, param in leaves:
+        if not _supported(grad, m, v, param):
+            arrays = ", ".join(f"{jnp.result_type(a)}{list(jnp.shape(a))}" for a in (grad, m, v))
+            return (
+                "float32 gradients and parameters and float32 or bfloat16 moments of one "
+                f"shape in every leaf (got {arrays})",
+                TypeError,
+            )
+    for name, x in values.items():
+        if isinstance(x, jax.Array) and not _dynamic_ok(name, x):
+            return f"{name} must be a float32 scalar (got {jax.typeof(x)})", TypeError
+    return None
+
+
+def _supported(g, m, v, p) -> bool:
+    shape = jnp.shape(g)
+    if jnp.result_type(g) != _F32:
+        return False
+    if p is not None and (jnp.result_type(p) != _F32 or jnp.shape(p) != shape):
+        return False
+    return all(jnp.result_type(s) in _STATE_DTYPES and jnp.shape(s) == shape for s in (m, v))
+
+
+def _maybe_native(mode: str, plan: _Plan, force: bool, grads, state, params):
+    """The step (``update``'s or the fused apply's result) from the kernel, or None when
+    it does not run here (``force``: raise instead)."""
+    if not force and jax.default_backend() != "cpu":
+        return None
+    if mode == "apply" and params is None:
+        return None
+    ms, lr_state = state[0], state[-1]
+    g, treedef = jax.tree.flatten(grads)
+    mu, nu = treedef.flatten_up_to(ms.mu), treedef.flatten_up_to(ms.nu)
+    p = treedef.flatten_up_to(params) if mode == "apply" else None
+    learning_rate = plan.lr.hyper["learning_rate"]
+    if callable(learning_rate):
+        lr = learning_rate(lr_state.count)
+        new_lr_state = lr_state._replace(count=safe_increment(lr_state.count))
+    else:
+        lr, new_lr_state = learning_rate, lr_state
+    values = plan.values(lr)
+    why = _why_not_here(plan, values, g, mu, nu, p)
+    if why is None and sum(jnp.size(x) for x in g) == 0:
+        return None  # nothing to compute
+    if why is not None:
+        if force:
+            raise why[1](f"implementation='native' needs {why[0]}.")
+        return None
+    from adamjax import native
+
+    if not native.ready():
+        if force:
+            raise RuntimeError(
+                "implementation='native' but the native kernel is unavailable: "
+                f"{native.native_info()['reason']}"
+            )
+        return None
+    static = {k: x for k, x in values.items() if not isinstance(x, jax.Array)}
+    dynamic = {k: x for k, x in values.items() if isinstance(x, jax.Array)}
+    step = _custom_step(mode, plan, static, treedef)
+    first, new_mu, new_nu = step(dynamic, p or [], g, mu, nu, ms.count)
+    new_ms = ms._replace(
+        count=safe_increment(ms.count),
+        mu=treedef.unflatten(new_mu),
+        nu=treedef.unflatten(new_nu),
+    )
+    new_state = type(state)((new_ms, *state[1:-1], new_lr_state))
+    return treedef.unflatten(first), new_state
+
+
+# ----------------------------------------------------------------------------------------
+# The kernel call, with the pure chain as its fallback and derivative.
+
+
+def _correction(beta: Any, count: jax.Array, enabled: Any) -> jax.Array:
+    """``1 - beta**t`` in float32 (the expression of adamjax.bias_correct), or 1 where
+    correction is off."""
+    t = count.astype(jnp.float32)
+    c = 1 - beta**t
+    if enabled is True:
+        return c
+    return jnp.where(enabled, c, jnp.ones_like(c))
+
+
+def _hyper(plan: _Plan, v: dict[str, Any], old_count: jax.Array):
+    """The kernel's scalars, computed with the chain's own expressions so that they are
+    the same bits (XLA turns the chain's ``m / c`` into ``m * (1 / c)``)."""
+    from adamjax.native import Hyper
+
+    count = safe_increment(old_count)
+    one = jnp.ones([], jnp.float32)
+    inv_c1 = inv_c2 = one
+    if plan.bias is not None:
+        cb1 = v["b1"] if v["cb1"] is None else v["cb1"]
+        inv_c1 = 1 / _correction(cb1, count, v["enabled"])
+        if plan.algo == "adam":
+            cb2 = v["b2"] if v["cb2"] is None else v["cb2"]
+            inv_c2 = 1 / _correction(cb2, count, v["enabled"])
+    b1, b2 = v["b1"], v["b2"]
+    return Hyper(-v["lr"], b1, 1 - b1, b2, 1 - b2, v["eps"], inv_c1, inv_c2)
+
+
+def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], treedef: Any) -> Callable:
+    """``step(dynamic, p, g, mu, nu, count) -> (p or u, mu, nu)`` (lists of leaves): the
+    kernel as primal, the pure chain's JVP as derivative, the pure chain off the CPU."""
+
+    def pure(dynamic, p, g, mu, nu, count):
+        tx = plan.pure({**static, **dynamic})
+        grads = treedef.unflatten(g)
+        st = tx.init(grads)  # only its structure is used: XLA drops the zeros
+        ms = st[0]._replace(count=count, mu=treedef.unflatten(mu), nu=treedef.unflatten(nu))
+        u, new = tx.update(grads, (ms, *st[1:]))
+        first = apply_updates(treedef.unflatten(p), u) if mode == "apply" else u
+        leaves = treedef.flatten_up_to
+        return leaves(first), leaves(new[0].mu), leaves(new[0].nu)
+
+    @jax.custom_jvp
+    def step(dynamic, p, g, mu, nu, count):
+        from adamjax import native
+
+        hyper = _hyper(plan, {**static, **dynamic}, count)
+
+        def fallback(leaves):
+            cols = [list(c) for c in zip(*leaves, strict=True)]
+            args = cols if mode == "apply" else [[], *cols]
+            return list(zip(*pure(dynamic, *args, count), strict=True))
+
+        kernel = getattr(native, f"{plan.algo}_{mode}")
+        args = (p, g, mu, nu) if mode == "apply" else (g, mu, nu)
+        outs = kernel(*args, hyper, fallback=fallback)
+        return tuple(list(col) for col in zip(*outs, strict=True))
+
+    @step.defjvp
+    def step_jvp(primals, tangents):
+        return jax.jvp(pure, primals, tangents)
+
+    return step

@@ -1,0 +1,61 @@
+"""A primitive's static description of itself, for the lowering of known chains.
+
+Each primitive of Algorithm 1 returns a :class:`Primitive`: an ordinary
+``optax.GradientTransformation`` that also carries a :class:`Spec` (its name, its
+hyperparameters and how to build it again). :func:`adamjax.chain` reads the specs of its
+parts to recognise a chain it can run as a fused kernel (see :mod:`adamjax.lowering`).
+
+A spec belongs to one exact object: a wrapper that rebuilds ``update`` (``optax.chain``,
+``functools.wraps``, ``opt._replace(update=...)``) yields an object without it, so a
+wrapped primitive is never mistaken for the primitive itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from adamjax.base import GradientTransformation
+
+__all__ = ["Primitive", "Spec", "spec_of"]
+
+
+@dataclass(frozen=True, eq=False)
+class Spec:
+    """What a primitive is: ``build(**hyper, **options)`` makes it again.
+
+    Attributes:
+      name: the primitive's function name, e.g. ``"scale_by_moments"``.
+      hyper: its numeric hyperparameters as given (Python numbers, arrays, tracers or a
+        schedule); the lowering may rebuild the primitive with other values for them.
+      options: its static options (e.g. ``state_dtype``).
+      build: the primitive's constructor.
+    """
+
+    name: str
+    hyper: Mapping[str, Any]
+    options: Mapping[str, Any]
+    build: Callable[..., GradientTransformation]
+
+    def rebuild(self, **hyper: Any) -> GradientTransformation:
+        """The primitive with some hyperparameters replaced (the others as given)."""
+        return self.build(**{**self.hyper, **hyper}, **self.options)
+
+
+class Primitive(GradientTransformation):
+    """``optax.GradientTransformation(init, update)`` that carries its :class:`Spec`."""
+
+    def __new__(cls, init: Any, update: Any, spec: Spec | None = None) -> Primitive:
+        self = super().__new__(cls, init, update)
+        # The owner check in spec_of: a copy made by ``_replace`` keeps no spec.
+        self.__dict__["_spec"] = None if spec is None else (update, spec)
+        return self
+
+
+def spec_of(t: Any) -> Spec | None:
+    """The :class:`Spec` of ``t`` if ``t`` is exactly the primitive that made it, else None."""
+    owned = getattr(t, "__dict__", {}).get("_spec") if isinstance(t, Primitive) else None
+    if owned is None or owned[0] is not t.update:
+        return None
+    return owned[1]
