@@ -21,8 +21,9 @@ per element, with :math:`t` the step and :math:`c_i = 1 - \beta_i^t` (1 without
 
 The kernel runs when, at trace time: ``implementation`` is not ``"jax"``; the default
 backend is the CPU with a single CPU device (XLA's SPMD partitioner would replicate a
-custom call over a mesh); the configuration is one the kernel has (``b1_decay = 1``,
-``eps_root = 0``, ``b1`` not the number 0, moments stored as float32 or bfloat16); every
+custom call over a mesh) and 64-bit mode is off; the configuration is one the kernel has
+(``eps_root`` the number 0, a first moment stored, moments stored as float32 or
+bfloat16; any ``b1_decay``, folded into the step's ``b1_t``); every
 gradient leaf is float32 (params too, for the fused apply) with float32/bfloat16 moments;
 array hyperparameters are float32 scalars (a boolean for ``enabled``); and the library
 loaded and passed its self-test. Otherwise the chain runs as written. Its outputs are
@@ -45,6 +46,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.custom_derivatives import SymbolicZero
 
 from adamjax.base import GradientTransformationExtraArgs, apply_updates, safe_increment
 from adamjax.spec import Spec, spec_of
@@ -120,6 +122,7 @@ class _Plan:
         return {
             "b1": self.moments.hyper["b1"],
             "b2": self.moments.hyper["b2"],
+            "b1_decay": self.moments.hyper.get("b1_decay", 1.0),
             "cb1": bias.get("b1"),  # None: the estimator's rate
             "cb2": bias.get("b2"),
             "enabled": bias.get("enabled", True),
@@ -129,7 +132,10 @@ class _Plan:
 
     def pure(self, v: dict[str, Any]) -> optax.GradientTransformation:
         """The chain rebuilt from its primitives with the hyperparameters ``v``."""
-        parts = [self.moments.rebuild(b1=v["b1"], b2=v["b2"])]
+        rates = {"b1": v["b1"], "b2": v["b2"]}
+        if "b1_decay" in self.moments.hyper:
+            rates["b1_decay"] = v["b1_decay"]
+        parts = [self.moments.rebuild(**rates)]
         if self.bias is not None:
             parts.append(self.bias.rebuild(b1=v["cb1"], b2=v["cb2"], enabled=v["enabled"]))
         parts.append(self.precondition.rebuild(eps=v["eps"]))
@@ -151,9 +157,7 @@ def _match(transforms: tuple) -> tuple[_Plan | None, str]:
     moments, precond, lr = specs[0], specs[-2], specs[-1]
     assert moments is not None and precond is not None and lr is not None
     m = moments.hyper
-    if algo == "adam" and not _is_number(m.get("b1_decay", 1.0), 1.0):
-        return None, f"b1_decay={m['b1_decay']!r} (the kernel has a constant b1)"
-    if _is_number(m["b1"], 0.0):
+    if _is_number(m["b1"], 0.0) and _is_number(m.get("b1_decay", 1.0), 1.0):
         return None, "b1=0 (no first moment is stored)"
     sd = moments.options.get("state_dtype")
     if sd is not None and jnp.dtype(sd) not in _STATE_DTYPES:
@@ -218,7 +222,7 @@ def _supported(g, m, v, p) -> bool:
 def _maybe_native(mode: str, plan: _Plan, force: bool, grads, state, params):
     """The step (``update``'s or the fused apply's result) from the kernel, or None when
     it does not run here (``force``: raise instead)."""
-    if not force and jax.default_backend() != "cpu":
+    if not force and (jax.default_backend() != "cpu" or jax.config.jax_enable_x64):
         return None
     if mode == "apply" and params is None:
         return None
@@ -290,8 +294,11 @@ def _hyper(plan: _Plan, v: dict[str, Any], old_count: jax.Array):
         if plan.algo == "adam":
             cb2 = v["b2"] if v["cb2"] is None else v["cb2"]
             inv_c2 = 1 / _correction(cb2, count, v["enabled"])
-    b1, b2 = v["b1"], v["b2"]
-    return Hyper(-v["lr"], b1, 1 - b1, b2, 1 - b2, v["eps"], inv_c1, inv_c2)
+    b1, b2, decay = v["b1"], v["b2"], v["b1_decay"]
+    # Sec. 4's b1_t = b1 * decay**(t-1), as scale_by_moments computes it; bias_correct
+    # keeps the paper's 1 - b1**t.
+    b1_t = b1 if _is_number(decay, 1.0) else b1 * decay ** (count - 1).astype(jnp.float32)
+    return Hyper(-v["lr"], b1_t, 1 - b1_t, b2, 1 - b2, v["eps"], inv_c1, inv_c2)
 
 
 def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], treedef: Any) -> Callable:
@@ -324,8 +331,21 @@ def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], treedef: Any) -
         outs = kernel(*args, hyper, fallback=fallback)
         return tuple(list(col) for col in zip(*outs, strict=True))
 
-    @step.defjvp
     def step_jvp(primals, tangents):
-        return jax.jvp(pure, primals, tangents)
+        # Differentiate the pure chain w.r.t. the arguments with nonzero tangents only, so
+        # that the program (and XLA's rounding) is the one JAX builds for the chain itself.
+        flat_p, tree = jax.tree.flatten(primals)
+        flat_t = tree.flatten_up_to(tangents)
+        live = [i for i, t in enumerate(flat_t) if not isinstance(t, SymbolicZero)]
+
+        def of_live(*xs):
+            full = list(flat_p)
+            for i, x in zip(live, xs, strict=True):
+                full[i] = x
+            return pure(*jax.tree.unflatten(tree, full))
+
+        return jax.jvp(of_live, [flat_p[i] for i in live], [flat_t[i] for i in live])
+
+    step.defjvp(step_jvp, symbolic_zeros=True)
 
     return step
