@@ -438,10 +438,11 @@ def test_narrower_isa_variants_give_the_same_bits(isa):
                     st = opt.init(p)
                     for _ in range(2):
                         u, st = jax.jit(opt.update)(g, st, p)
-                    outs.append(jax.jit(lambda g, s, p, o=opt: adamjax.apply_gradients(o, g, s, p))(g, st, p))
-                    outs[-1] = (u, outs[-1])
+                    step = jax.jit(lambda g, s, p, o=opt: adamjax.apply_gradients(o, g, s, p))
+                    outs.append((u, step(g, st, p)))
                 for x, y in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
-                    assert np.array_equal(np.atleast_1d(x).view(np.uint8), np.atleast_1d(y).view(np.uint8))
+                    x, y = np.atleast_1d(x), np.atleast_1d(y)
+                    assert np.array_equal(x.view(np.uint8), y.view(np.uint8))
         print("ISA OK")
     """
     r = _run_python(code, cwd=Path(adamjax.__file__).resolve().parents[1], ADAMJAX_NATIVE_ISA=isa)
