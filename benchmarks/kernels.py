@@ -65,16 +65,17 @@ def native_roofline(n: int):
         return None, f"none on {device.backend()}: the XLA roofline is one fused kernel there"
     try:
         from adamjax import native
+        from adamjax.native import _calls
 
         if native.native_available():
             p, m, v = (jnp.full((n,), 0.5, jnp.float32) for _ in range(3))
             g = jnp.full((n,), 1e-3, jnp.float32)
 
             def roof(p, m, v, g):
-                return native.roofline_step(p, g, m, v)
+                return _calls.roofline(p, g, m, v)
 
             return Stepper(jax.jit(roof, donate_argnums=(0, 1, 2)), (p, m, v), g), (
-                "adamjax.native.roofline_step (C++, XLA's CPU threads)"
+                "adamjax.native roofline target (C++, XLA's CPU threads)"
             )
     except Exception:  # noqa: BLE001
         pass
@@ -158,6 +159,49 @@ def run_single_tensors(sizes, repeats: int, with_torch: bool, bf16_at: int):
         k = device.inner_steps()  # the native roofline (CPU only) is one step per call
         t = {name: s if name == "native_roofline" else s / k for name, s in t.items()}
         out.append({"n": n, "seconds": t, "native_roofline": roof_label})
+        del cases
+    return out
+
+
+# The calls users make, one row each (the names are what the tables print).
+USER_PATHS = {
+    "optax.adam update+optax.apply_updates": lambda: ("update", optax.adam(LR)),
+    "adamjax.adam update+optax.apply_updates": lambda: ("update", adamjax.adam(LR)),
+    "adamjax.apply_gradients(adamjax.adam)": lambda: ("apply", adamjax.adam(LR)),
+    "adamjax.adam(implementation='jax') update+apply": lambda: (
+        "update",
+        adamjax.adam(LR, implementation="jax"),
+    ),
+}
+
+
+def user_path_cases(n: int):
+    """One float32 tensor of ``n`` parameters; each case a donated jitted step as a user
+    writes it (``opt.update`` + ``optax.apply_updates``, or ``adamjax.apply_gradients``),
+    and XLA's ``p, m, v += g`` (28 B/param, trivial math) as the floor."""
+    g = jnp.full((n,), 1e-3, jnp.float32)
+    k = device.inner_steps()
+    p, m, v = (jnp.full((n,), 0.5, jnp.float32) for _ in range(3))
+    cases = {
+        "xla_roofline": Stepper(
+            jax.jit(xla_roofline_step, donate_argnums=(0, 1, 2)), (p, m, v), g, inner=k
+        )
+    }
+    for name, make in USER_PATHS.items():
+        form, opt = make()
+        p = jnp.full((n,), 0.5, jnp.float32)
+        step = _optax_step(opt) if form == "update" else _jax_step(opt)
+        cases[name] = Stepper(step, (p, opt.init(p)), g, inner=k)
+    return cases
+
+
+def run_user_paths(sizes, repeats: int):
+    """Median seconds per step of each user path, per size (cases interleaved)."""
+    out = []
+    for n in sizes:
+        cases = user_path_cases(n)
+        t = interleaved(cases, repeats=repeats)
+        out.append({"n": n, "seconds": {k: s / device.inner_steps() for k, s in t.items()}})
         del cases
     return out
 

@@ -5,11 +5,12 @@
 Rows (median of ``repeats`` timed steps after warm-up, all in one process, timed
 round-robin so that load from other processes falls on every row alike):
 
-- ``native_roofline``: :func:`adamjax.native.roofline_step` through the FFI (28 B/param,
+- ``native_roofline``: the library's roofline target through the FFI (28 B/param,
   trivial math, the kernel's own threads): the floor for the native step.
 - ``c_openmp_roofline``: the same loop in plain C with OpenMP, built here with the
   machine's compiler (skipped without one): checks that the FFI roofline is the machine's.
-- ``adamjax_native_apply``: :func:`adamjax.native.adam_apply`, jitted, buffers donated.
+- ``adamjax_native_apply``: ``adamjax.apply_gradients(adamjax.adam(1e-3,
+  implementation="native"))`` (the kernel's apply form), jitted, buffers donated.
 - ``optax_adam_donated``: ``optax.adam`` + ``optax.apply_updates``, jitted and donated.
 - ``torch_adam_fused`` / ``torch_adam_foreach``: ``torch.optim.Adam`` when torch is installed.
 
@@ -78,7 +79,9 @@ def run(n: int = 50_000_000, repeats: int = 15, torch_rows: bool = True) -> dict
     import jax.numpy as jnp
     import optax
 
+    import adamjax
     from adamjax import native
+    from adamjax.native import _calls
 
     steps: dict[str, Callable[[], Any]] = {}
     keep: list = []
@@ -87,7 +90,7 @@ def run(n: int = 50_000_000, repeats: int = 15, torch_rows: bool = True) -> dict
     g = jnp.asarray(g_host)
 
     if native.native_available():
-        roof = jax.jit(native.roofline_step, donate_argnums=(0, 2, 3))
+        roof = jax.jit(_calls.roofline, donate_argnums=(0, 2, 3))
         rstate = [jnp.zeros(n, jnp.float32) for _ in range(3)]
 
         def roof_step():
@@ -96,13 +99,15 @@ def run(n: int = 50_000_000, repeats: int = 15, torch_rows: bool = True) -> dict
 
         steps["native_roofline"] = roof_step
 
-        apply = jax.jit(native.adam_apply, donate_argnums=(0, 2, 3))
-        nstate = [jnp.zeros(n, jnp.float32) for _ in range(3)] + [jnp.int32(0)]
+        nopt = adamjax.adam(1e-3, implementation="native")
+        apply = jax.jit(
+            lambda p, s, g: adamjax.apply_gradients(nopt, g, s, p), donate_argnums=(0, 1)
+        )
+        nstate = [jnp.zeros(n, jnp.float32)]
+        nstate.append(nopt.init(nstate[0]))
 
         def native_step():
-            c = nstate[3] + 1
-            nstate[0], nstate[1], nstate[2] = apply(nstate[0], g, nstate[1], nstate[2], c, 1e-3)
-            nstate[3] = c
+            nstate[0], nstate[1] = apply(nstate[0], nstate[1], g)
             nstate[0].block_until_ready()
 
         steps["adamjax_native_apply"] = native_step

@@ -65,6 +65,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repeats and leaves (~2 min)")
     ap.add_argument("--json", default="benchmarks/results.json", help="where to write JSON")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    ap.add_argument(
+        "--only",
+        choices=["user-paths"],
+        help="run one section: user-paths = the calls users make, at 10M and 50M params",
+    )
     args = ap.parse_args(argv)
     quick = args.quick
     with_torch = kernels.torch_available() and not args.no_torch
@@ -77,6 +82,26 @@ def main(argv=None) -> int:
         print(f"  {group:<22} {case:<30} {value:>14}  {ratio:<40} {what}", flush=True)
 
     print(f"machine: {results['machine']}", flush=True)
+
+    # 0. The calls users make, side by side --------------------------------------------
+    user_sizes = [10_000_000, 50_000_000]
+    if not device.on_cpu():
+        user_sizes = [50_000_000, 200_000_000]
+    paths = kernels.run_user_paths(user_sizes, repeats=7 if quick else 21)
+    results["user_paths"] = paths
+    ref = "optax.adam update+optax.apply_updates"
+    for entry in paths:
+        n, t = entry["n"], entry["seconds"]
+        for name, s in t.items():
+            row(
+                f"user path {n // 1_000_000}M f32",
+                name,
+                _ms(s),
+                f"{t[ref] / s:5.2f}x Optax's speed",
+                f"{BPP * n / s / 1e9:5.1f} GB/s at 28 B/param",
+            )
+    if args.only == "user-paths":
+        return _finish(args, results, rows, t_start)
 
     # 1. Single tensors ---------------------------------------------------------------
     # On an accelerator 1M parameters is launch overhead, not memory traffic: go larger.
@@ -159,6 +184,10 @@ def main(argv=None) -> int:
     for name, b in sb["bytes_per_param"].items():
         row("optimizer state", name, f"{b:6.3f} B/param", "", "bytes of init's state / parameters")
 
+    return _finish(args, results, rows, t_start)
+
+
+def _finish(args, results, rows, t_start) -> int:
     results["rows"] = [
         dict(zip(("group", "case", "value", "ratio", "what"), r, strict=True)) for r in rows
     ]
