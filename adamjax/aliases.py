@@ -71,10 +71,11 @@ def adam(
         buffer per dtype (:func:`adamjax.flat.flat_layout`; same numbers, different state
         structure). For many small leaves keep the parameters flat too
         (:func:`adamjax.flat.ravel`).
-      implementation: how ``update`` and :func:`adamjax.apply_gradients` run. ``"auto"``
-        runs the chain as the fused native CPU kernel where it gives the same results bit
-        for bit (see :func:`adamjax.chain` and docs/fast-paths.md), the composed pure-JAX
-        chain elsewhere; ``"jax"`` always the chain; ``"native"`` the kernel or an error.
+      implementation: ``"auto"``: :func:`adamjax.apply_gradients` runs the fused native
+        CPU kernel (params updated in place) where it gives the same results bit for bit,
+        and ``update`` the composed chain (which XLA fuses with ``optax.apply_updates``);
+        ``"native"``: ``update`` runs the kernel too (or raises); ``"jax"``: always the
+        chain. See :func:`adamjax.chain` and docs/fast-paths.md.
     """
     _validate.check_learning_rate("adam", learning_rate)
     if layout not in ("tree", "flat"):

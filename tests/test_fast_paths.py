@@ -82,7 +82,7 @@ def one_device_zero1(opt):
 
 
 def make_adam(impl, **kw):
-    """adamjax.adam(1e-2, **kw): the kernel (``impl="auto"``) or the chain (``"jax"``)."""
+    """adamjax.adam(1e-2, **kw): the kernel (``impl="native"``) or the chain (``"jax"``)."""
     return adamjax.adam(**{"learning_rate": 1e-2, **kw}, implementation=impl)
 
 
@@ -100,7 +100,8 @@ def _flat(impl):
     return adamjax.adam(1e-2, layout="flat", implementation=impl)
 
 
-# name -> build(impl): the fast composition ("auto") or its reference ("jax")
+# name -> build(impl): the composition with the kernel's update ("native": raises rather
+# than falls back) or its reference ("jax")
 WRAPPED = {
     "adam": lambda i: make_adam(i),
     "adam-bf16-state": lambda i: make_adam(i, state_dtype=jnp.bfloat16),
@@ -185,7 +186,7 @@ def _reference_steps(name, params, steps=4):
 @pytest.mark.parametrize("name", list(WRAPPED))
 def test_update_equals_the_chain_under_wrappers(name):
     params = params_tree()
-    got, update, st = run_updates(WRAPPED[name]("auto"), params)
+    got, update, st = run_updates(WRAPPED[name]("native"), params)
     if name in CONTEXT_ROUNDED:
         want = _reference_steps(name, params)
         for t, ((u, s), (wu, ws, bound)) in enumerate(zip(got, want, strict=True)):
@@ -214,7 +215,7 @@ def test_apply_gradients_equals_update_plus_apply_updates(name):
     owns the kernel's apply form equals the chain's jitted apply_gradients bit for bit.
     Either is within one rounding of the update of the chain's jitted apply_gradients."""
     params = params_tree()
-    opt, pure = WRAPPED[name]("auto"), WRAPPED[name]("jax")
+    opt, pure = WRAPPED[name]("native"), WRAPPED[name]("jax")
     step = jax.jit(lambda g, st, p: adamjax.apply_gradients(opt, g, st, p))
     pure_step = jax.jit(lambda g, st, p: adamjax.apply_gradients(pure, g, st, p))
     update, add = jax.jit(opt.update), jax.jit(adamjax.apply_updates)
@@ -252,13 +253,15 @@ def test_zeroing_wrapper_moves_nothing():
 
 
 def test_primitives_chained_by_hand_are_lowered_like_the_alias():
-    hand = adamjax.chain(
+    parts = [
         adamjax.scale_by_moments(0.9, 0.999),
         adamjax.bias_correct(0.9, 0.999),
         adamjax.precondition(1e-8),
         adamjax.scale_by_lr(1e-2),
-    )
-    assert isinstance(hand, FusedTransformation) and hand.fused_apply is not None
+    ]
+    auto = adamjax.chain(*parts)
+    assert isinstance(auto, FusedTransformation) and auto.fused_apply is not None
+    hand = adamjax.chain(*parts, implementation="native")
     params = params_tree()
     got, _, _ = run_updates(hand, params)
     want, _, _ = run_updates(adam("jax"), params)
@@ -312,7 +315,7 @@ def test_grad_through_update_is_the_chains():
     params = params_tree()
     st = run_updates(adam("jax"), params, steps=2)[2]
     args = (jnp.float32(1e-2), grads_at(params, 3), st[0].mu, st, params)
-    got = jax.jit(jax.grad(_loss_of_update("auto"), argnums=(0, 1, 2)))(*args)
+    got = jax.jit(jax.grad(_loss_of_update("native"), argnums=(0, 1, 2)))(*args)
     want = jax.jit(jax.grad(_loss_of_update("jax"), argnums=(0, 1, 2)))(*args)
     assert_same(got, want)
     # The meta-gradient with respect to the learning rate is not zero (the test can fail).
@@ -334,10 +337,11 @@ def test_jvp_through_update_is_the_chains():
 
         return jax.jit(f)
 
-    got = jvp("auto")(g, st, params, tangents)
+    got = jvp("native")(g, st, params, tangents)
     assert_same(got, jvp("jax")(g, st, params, tangents))
     assert uses_kernel(
-        lambda g: adamjax.adam(jnp.float32(1e-2)).update(g, st, params), g
+        lambda g: adamjax.adam(jnp.float32(1e-2), implementation="native").update(g, st, params),
+        g,
     )  # the primal, outside differentiation
 
 
@@ -353,7 +357,9 @@ def test_update_under_vmap_gives_each_config_its_own_chain():
     def upd(lr, g, st, p, impl):
         return adamjax.adam(lr, implementation=impl).update(g, st, p)
 
-    batched = jax.jit(jax.vmap(lambda lr, g, st, p: upd(lr, g, st, p, "auto"), (0, 0, None, None)))
+    batched = jax.jit(
+        jax.vmap(lambda lr, g, st, p: upd(lr, g, st, p, "native"), (0, 0, None, None))
+    )
     got = batched(lrs, gs, st, params)
     assert uses_kernel(lambda *a: batched(*a), lrs, gs, st, params)
     one = jax.jit(lambda lr, g, st, p: upd(lr, g, st, p, "jax"))
@@ -364,7 +370,7 @@ def test_update_under_vmap_gives_each_config_its_own_chain():
 
 def test_donated_update_step_keeps_the_state_in_place():
     params = params_tree()
-    opt = adam("auto")
+    opt = adam("native")
     st = opt.init(params)
     step = jax.jit(lambda p, st, g: _update_apply(opt, p, st, g), donate_argnums=(0, 1))
     ptrs = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(st[0].mu) if x.size]
@@ -391,8 +397,12 @@ def test_unsupported_leaves_run_the_chain_or_raise():
     opt = adam("auto")
     st = opt.init(params)
     g = grads_at(params, 0)
-    assert not uses_kernel(opt.update, g, st, params)
-    assert_same(jax.jit(opt.update)(g, st, params), jax.jit(adam("jax").update)(g, st, params))
+
+    def step(o):
+        return lambda g, st, p: adamjax.apply_gradients(o, g, st, p)
+
+    assert not uses_kernel(step(opt), g, st, params)
+    assert_same(jax.jit(step(opt))(g, st, params), jax.jit(step(adam("jax")))(g, st, params))
     forced = adam("native")
     with pytest.raises(TypeError, match=r"float32 gradients.*bfloat16"):
         forced.update(g, forced.init(params), params)
@@ -409,3 +419,14 @@ def test_inject_hyperparams_with_an_injected_eps_root_runs_the_chain():
     for a, b in zip(got, want, strict=True):
         assert_same(a, b)
     assert not uses_kernel(update, grads_at(params, 0), st, params)
+
+
+def test_auto_update_is_the_chain_and_apply_gradients_the_kernel():
+    """``"auto"``: update runs the chain (XLA fuses it with apply_updates; the kernel's
+    update form would need a buffer of its own), apply_gradients the kernel's apply form."""
+    params = params_tree()
+    opt = adam("auto")
+    st = opt.init(params)
+    g = grads_at(params, 0)
+    assert not uses_kernel(opt.update, g, st, params)
+    assert uses_kernel(lambda *a: adamjax.apply_gradients(opt, *a), g, st, params)
