@@ -235,12 +235,17 @@ def _supported(g, m, v, p) -> bool:
 def _maybe_native(mode: str, plan: _Plan, force: bool, grads, state, params):
     """The step (``update``'s or the fused apply's result) from the kernel, or None when
     it does not run here (``force``: raise instead)."""
-    if not force and (jax.default_backend() != "cpu" or jax.config.jax_enable_x64):
+    if not force and jax.default_backend() != "cpu":
+        return None
+    if jnp.result_type(float) == jnp.float64:  # the chain would compute some terms in f64
+        if force:
+            raise ValueError("implementation='native' needs 64-bit mode (jax_enable_x64) off.")
         return None
     if mode == "apply" and params is None:
         return None
     ms, lr_state = state[0], state[-1]
-    g, treedef = jax.tree.flatten(grads)
+    g, flat_def = jax.tree.flatten(grads)
+    treedef: Any = flat_def
     mu, nu = treedef.flatten_up_to(ms.mu), treedef.flatten_up_to(ms.nu)
     p = treedef.flatten_up_to(params) if mode == "apply" else None
     learning_rate = plan.lr.hyper["learning_rate"]

@@ -7,7 +7,7 @@ then runs one tiny native step against :func:`reference`, the kernel's formula i
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,14 +26,14 @@ class Hyper(NamedTuple):
     the kernel sees the same bits.
     """
 
-    neg_lr: jax.Array
-    b1: jax.Array
-    one_minus_b1: jax.Array
-    b2: jax.Array
-    one_minus_b2: jax.Array
-    eps: jax.Array
-    inv_c1: jax.Array
-    inv_c2: jax.Array
+    neg_lr: Any
+    b1: Any
+    one_minus_b1: Any
+    b2: Any
+    one_minus_b2: Any
+    eps: Any
+    inv_c1: Any
+    inv_c2: Any
 
     def row(self) -> jax.Array:
         """The kernel's operand: ``[..., 8]`` float32 (order of HyperIndex in adam_ffi.cc)."""
