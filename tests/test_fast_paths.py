@@ -291,8 +291,14 @@ def test_primitives_chained_by_hand_are_lowered_like_the_alias():
             adamjax.precondition(1e-8),
             adamjax.scale_by_lr(1e-2),
         ],
+        lambda: [
+            adamjax.scale_by_moments(0.9, 0.999),
+            adamjax.bias_correct(),
+            adamjax.precondition(1e-8),
+            adamjax.scale_by_lr(1e-2)._replace(update=lambda u, s, p=None: (u, s)),
+        ],
     ],
-    ids=["unknown-part", "no-lr", "eps-root", "wrapped-primitive"],
+    ids=["unknown-part", "no-lr", "eps-root", "wrapped-primitive", "replaced-update"],
 )
 def test_chains_the_kernel_does_not_run_are_run_as_written(parts):
     opt = adamjax.chain(*parts())
