@@ -48,14 +48,11 @@ class Primitive(GradientTransformation):
 
     def __new__(cls, init: Any, update: Any, spec: Spec | None = None) -> Primitive:
         self = super().__new__(cls, init, update)
-        # The owner check in spec_of: a copy made by ``_replace`` keeps no spec.
-        self.__dict__["_spec"] = None if spec is None else (update, spec)
+        # Held by this object only: ``_replace(update=...)`` builds a tuple without it.
+        self.__dict__["_spec"] = spec
         return self
 
 
 def spec_of(t: Any) -> Spec | None:
-    """The :class:`Spec` of ``t`` if ``t`` is exactly the primitive that made it, else None."""
-    owned = getattr(t, "__dict__", {}).get("_spec") if isinstance(t, Primitive) else None
-    if owned is None or owned[0] is not t.update:
-        return None
-    return owned[1]
+    """The :class:`Spec` of ``t`` if ``t`` is a primitive that carries one, else None."""
+    return t.__dict__.get("_spec") if isinstance(t, Primitive) else None

@@ -13,8 +13,8 @@ A transformation may own a *fused apply*: a function ``fused(grads, state, param
 (new_params, new_state)`` with the results of the two-call form, or ``None`` to decline at
 trace time (a backend, dtype or configuration it does not handle), in which case the
 two-call form runs. It is a field of one exact object, a :class:`FusedTransformation`,
-whose ``fused_apply`` is returned only for the ``update`` it was built with. Nothing is
-hung on the ``update`` function, so ``functools.wraps``, ``optax.chain``, ``optax.masked``,
+and is not carried over to copies with another ``update``. Nothing is hung on the
+``update`` function, so ``functools.wraps``, ``optax.chain``, ``optax.masked``,
 ``optax.inject_hyperparams``, ``optax.MultiSteps``, :func:`adamjax.skip_nonfinite`,
 :func:`adamjax.temporal_averaging`, :func:`adamjax.sharding.zero1` or
 ``opt._replace(update=...)`` all yield transformations without one: their own ``update``
@@ -55,17 +55,15 @@ class FusedTransformation(GradientTransformationExtraArgs):
         cls, init: Any, update: Any, fused_apply: FusedApply | None = None
     ) -> FusedTransformation:
         self = super().__new__(cls, init, update)
-        self.__dict__["_fused"] = None if fused_apply is None else (update, fused_apply)
+        # Held by this object only: ``_replace(update=...)`` and pytree unflattening build
+        # a new tuple without it.
+        self.__dict__["_fused"] = fused_apply
         return self
 
     @property
     def fused_apply(self) -> FusedApply | None:
-        """The fused apply, or ``None`` if this object's ``update`` is not the one it was
-        built for (e.g. a copy made by ``_replace(update=...)``)."""
-        owned = self.__dict__.get("_fused")
-        if owned is None or owned[0] is not self.update:
-            return None
-        return owned[1]
+        """The fused apply, or ``None`` (e.g. for a copy made by ``_replace(update=...)``)."""
+        return self.__dict__.get("_fused")
 
 
 def apply_gradients(
@@ -76,7 +74,7 @@ def apply_gradients(
     .. math:: (u_t, s_t) = \\mathrm{update}(g_t, s_{t-1}, \\theta_{t-1}), \\quad
         \\theta_t = \\theta_{t-1} + u_t
 
-    Uses ``opt.fused_apply`` when ``opt`` is a :class:`FusedTransformation` that owns one
+    Uses ``opt.fused_apply`` when ``opt`` is a :class:`FusedTransformation` that has one
     (see the module docstring), else ``opt.update`` and :func:`adamjax.apply_updates`.
     Call it inside ``jax.jit`` with the parameters and state donated (``donate_argnums``)
     so that the step runs in place.
