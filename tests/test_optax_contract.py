@@ -36,6 +36,10 @@ OPTIMIZERS = {
 }
 NAMES = list(OPTIMIZERS)
 
+# inject_hyperparams holds the rates as float32 arrays: 1 - b2 is then computed from
+# float32(0.999), off by up to 2^-24 / (1 - b2) = 6e-5 relative from the Python value.
+INJECT_TOL = 2.0**-24 / (1 - 0.999)
+
 
 def make(name, **override):
     factory, kwargs = OPTIMIZERS[name]
@@ -76,9 +80,10 @@ def test_inject_hyperparams_equals_plain(name):
     injected = optax.inject_hyperparams(factory)(**kwargs)
     p1, s1 = steps(make(name), params, grads)
     p2, s2 = steps(injected, params, grads)
-    close(p2, p1)
+    tol = INJECT_TOL
+    close(p2, p1, rtol=tol, atol=tol)
     assert jax.tree.structure(s2.inner_state) == jax.tree.structure(s1)
-    close(s2.inner_state, s1, rtol=1e-5)
+    close(s2.inner_state, s1, rtol=tol, atol=tol * 1e-3)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -100,7 +105,7 @@ def test_hyperparameter_set_inside_vmap(name):
     for i, lr in enumerate([lr0, lr0 / 10, 0.0]):
         plain = make(name, learning_rate=lr)
         want = plain.update(grads[0], plain.init(params), params)[0]
-        close(jax.tree.map(lambda x, i=i: x[i], batched), want)
+        close(jax.tree.map(lambda x, i=i: x[i], batched), want, rtol=INJECT_TOL, atol=1e-8)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -224,8 +229,9 @@ def test_jit_equals_eager(name):
 
 
 def sharding_is_stable_case():
-    """On 4 devices: parameters sharded over a mesh; the state built by a jitted init, and
-    after a jitted step, has the parameters' shardings in every moment leaf, step after step."""
+    """On 4 devices, parameters sharded over a mesh: after a jitted step every moment leaf
+    has its parameter's sharding, and the next step keeps every state leaf's sharding.
+    (A jitted ``init`` places its zeros on one device, as Optax's does.)"""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     mesh = Mesh(np.array(jax.devices()), ("x",))
@@ -234,22 +240,18 @@ def sharding_is_stable_case():
         params = {"w": jax.device_put(jnp.ones((8, 3)), row), "b": jax.device_put(jnp.ones(8), row)}
         grads = jax.tree.map(lambda p: p * 0.5, params)
         opt = make(name)
-        state = jax.jit(opt.init)(params)
 
         @jax.jit
         def step(params, state, g, opt=opt):
             u, state = opt.update(g, state, params)
             return optax.apply_updates(params, u), state
 
-        p1, s1 = step(params, state, grads)
+        p1, s1 = step(params, opt.init(params), grads)
         p2, s2 = step(p1, s1, grads)
-        for before, after in ((state, s1), (s1, s2)):
-            shard_a = [x.sharding for x in jax.tree.leaves(before)]
-            shard_b = [x.sharding for x in jax.tree.leaves(after)]
-            assert all(
-                a.is_equivalent_to(b, np.ndim(x))
-                for a, b, x in zip(shard_a, shard_b, jax.tree.leaves(after), strict=True)
-            ), name
+        for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2), strict=True):
+            assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (name, a.sharding, b.sharding)
+            if a.shape == (8, 3) or a.shape == (8,):  # a per-parameter moment
+                assert a.sharding.is_equivalent_to(row, a.ndim), (name, a.sharding)
         for p in jax.tree.leaves(p2):
             assert p.sharding.is_equivalent_to(row, p.ndim), name
 
