@@ -178,21 +178,63 @@ def test_matches_optax(name, ours, theirs):
         assert_tree_close(got, want, rtol=1e-9, atol=1e-11)
 
 
-def test_sgd_accumulator_dtype_is_the_trace_storage():
-    """Optax's accumulator_dtype: the trace is stored in that dtype. adamjax steps with the
-    unrounded trace and stores it rounded; Optax steps with the rounded one. In float32
-    storage of a float64 run each rounding is <= 2^-24 relative, and momentum mu sums them
-    into the trace with weight <= 1/(1 - mu), so the displacements agree to
-    200 * 2^-24 / (1 - mu) relative at worst (far less in practice)."""
+@pytest.mark.parametrize(
+    "ours,theirs,decay",
+    [
+        (
+            adamjax.sgd(0.05, 0.9, False, jnp.float32),
+            optax.sgd(0.05, 0.9, False, jnp.float32),
+            0.9,
+        ),
+        (adamjax.adam(1e-2, mu_dtype=jnp.float32), optax.adam(1e-2, mu_dtype=jnp.float32), 0.9),
+    ],
+    ids=["sgd-accumulator_dtype", "adam-mu_dtype"],
+)
+def test_float32_storage_of_a_float64_run_agrees_with_optax(ours, theirs, decay):
+    """Optax's accumulator_dtype / mu_dtype: the moment is stored in that dtype. Both libraries
+    round it once per step for storage (2^-24 relative in float32), but differ in where else
+    they round (Optax multiplies the stored float32 moment by the decay in float32; sgd's
+    Optax steps with the rounded trace). A moment averaged with decay d carries each step's
+    rounding with weight <= 1 / (1 - d), so over 200 steps the displacements agree to
+    200 * 2^-24 / (1 - d) relative to the largest displacement, at worst."""
     rng = np.random.default_rng(3)
     with jax.enable_x64(True):
         params = random_tree(rng, np.float64)
         grads = gradient_sequence(rng, params, 200, np.float64)
-        ours = adamjax.sgd(0.05, 0.9, False, jnp.float32)
-        assert ours.init(params)[0].trace["dense"]["w"].dtype == jnp.float32
+        state = jax.tree.leaves(ours.init(params)[0])
+        assert np.dtype(np.float32) in {x.dtype for x in state}
         got = _run_style(ours, params, grads, adamjax.apply_updates)
-        want = _run_style(
-            optax.sgd(0.05, 0.9, False, jnp.float32), params, grads, optax.apply_updates
-        )
+        want = _run_style(theirs, params, grads, optax.apply_updates)
         moved = max(jax.tree.leaves(jax.tree.map(lambda w, p: np.abs(w - p).max(), want, params)))
-        assert_tree_close(got, want, rtol=0, atol=200 * 2.0**-24 / (1 - 0.9) * moved)
+        assert_tree_close(got, want, rtol=0, atol=200 * 2.0**-24 / (1 - decay) * moved)
+
+
+BF16, F16, F32 = jnp.bfloat16, jnp.float16, jnp.float32
+
+
+@pytest.mark.parametrize(
+    "factory,kwargs,mu,nu",
+    [
+        (adamjax.adam, {"mu_dtype": BF16}, BF16, F32),
+        (adamjax.adam, {"nu_dtype": BF16}, F32, BF16),
+        (adamjax.adam, {"state_dtype": BF16}, BF16, BF16),
+        (adamjax.adam, {"state_dtype": BF16, "nu_dtype": F32}, BF16, F32),
+        (adamjax.adamax, {"mu_dtype": F16}, F16, F32),
+        (adamjax.nadam, {"mu_dtype": BF16}, BF16, F32),
+        (adamjax.amsgrad, {"nu_dtype": BF16}, F32, BF16),
+        (adamjax.adamw, {"mu_dtype": BF16}, BF16, F32),
+    ],
+)
+def test_separate_moment_storage_dtypes(factory, kwargs, mu, nu):
+    """mu_dtype and nu_dtype each set one moment's storage (state_dtype: both), and stay so
+    after a step. The step is computed in float32 from the unrounded moments, so the first
+    update equals the float32-state one exactly (m_1, v_1 are stored, not read back)."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 6)}
+    grads = {"w": jnp.linspace(0.5, -2.0, 6)}
+    opt = factory(0.1, **kwargs)
+    u, state = jax.jit(opt.update)(grads, opt.init(params), params)
+    moments = state[0]
+    assert moments.mu["w"].dtype == mu and moments.nu["w"].dtype == nu
+    ref_opt = factory(0.1)
+    want, _ = jax.jit(ref_opt.update)(grads, ref_opt.init(params), params)
+    np.testing.assert_array_equal(u["w"], want["w"])
