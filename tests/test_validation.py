@@ -102,6 +102,8 @@ NOT_A_NUMBER = [
     (lambda: adamjax.radam(0.1, threshold="5"), TypeError, ["threshold", "'5'"]),
     (lambda: adamjax.radam(0.1, threshold=3.0), ValueError, ["threshold", "3.0"]),
     (lambda: adamjax.bias_correct(b1="0.9"), TypeError, ["b1", "'0.9'"]),
+    (lambda: adamjax.sgd(0.1, 0.9, accumulator_dtype=jnp.int8), TypeError, ["state_dtype", "int8"]),
+    (lambda: adamjax.adadelta(state_dtype="bf16x"), TypeError, ["state_dtype", "bf16x"]),
 ]
 
 
