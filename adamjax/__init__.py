@@ -11,7 +11,9 @@ per line of the paper's Algorithm 1::
 
 from adamjax._version import __version__
 from adamjax.adadelta import AdadeltaState, scale_by_adadelta
+from adamjax.adam_family import adamw, amsgrad, nadam, radam
 from adamjax.aliases import adadelta, adagrad, adam, adamax, rmsprop, sgd
+from adamjax.amsgrad import MaxNuState, keep_max_nu
 from adamjax.averaging import TemporalAverageState, averaged_params, temporal_averaging
 from adamjax.base import (
     CompositionError,
@@ -21,7 +23,9 @@ from adamjax.base import (
     apply_updates,
 )
 from adamjax.bias import bias_correct
+from adamjax.centered import center
 from adamjax.flat import FlatLayout, FlatState, flat_layout, layout_of, ravel
+from adamjax.gradient_dtype import keep_gradient_dtype
 from adamjax.lowering import chain
 from adamjax.lr import ScheduleState, scale_by_lr
 from adamjax.moments import (
@@ -33,9 +37,12 @@ from adamjax.moments import (
 )
 from adamjax.momentum import TraceState, trace
 from adamjax.native import native_available, native_info
+from adamjax.nesterov import bias_correct_nesterov
 from adamjax.precondition import precondition
+from adamjax.rectify import precondition_rectified
 from adamjax.schedules import constant_schedule, inverse_sqrt_schedule
 from adamjax.step import FusedTransformation, apply_gradients
+from adamjax.weight_decay import add_decayed_weights
 from adamjax.wrappers import SkipNonfiniteState, skip_nonfinite
 
 __all__ = [
@@ -81,4 +88,16 @@ __all__ = [
     "skip_nonfinite",
     "temporal_averaging",
     "trace",
+    # Adam's descendants and their primitives
+    "MaxNuState",
+    "adamw",
+    "amsgrad",
+    "nadam",
+    "radam",
+    "add_decayed_weights",
+    "bias_correct_nesterov",
+    "center",
+    "keep_gradient_dtype",
+    "keep_max_nu",
+    "precondition_rectified",
 ]

@@ -47,6 +47,7 @@ def scale_by_adadelta(rho: Any = 0.95, eps: Any = 1e-6, *, state_dtype: Any | No
     fn = "scale_by_adadelta"
     _validate.check_beta(fn, "rho", rho)
     _validate.check_nonnegative(fn, "eps", eps)
+    _validate.check_dtype(fn, "state_dtype", state_dtype)
 
     def init(params):
         def zeros(p):

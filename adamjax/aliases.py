@@ -15,12 +15,16 @@ from adamjax import _validate
 from adamjax.adadelta import scale_by_adadelta
 from adamjax.base import GradientTransformation
 from adamjax.bias import bias_correct
+from adamjax.centered import center
 from adamjax.flat import flat_layout
+from adamjax.gradient_dtype import keep_gradient_dtype
 from adamjax.lowering import chain
 from adamjax.lr import scale_by_lr
 from adamjax.moments import scale_by_inf_moment, scale_by_moments, scale_by_sum_of_squares
 from adamjax.momentum import trace
+from adamjax.nesterov import bias_correct_nesterov
 from adamjax.precondition import precondition
+from adamjax.weight_decay import add_decayed_weights
 
 
 def _check_flag(fn: str, name: str, value: Any) -> None:
@@ -46,6 +50,9 @@ def adam(
     state_dtype: Any | None = None,
     layout: str = "tree",
     implementation: str = "auto",
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+    nesterov: bool = False,
 ) -> GradientTransformation:
     r"""Adam (Kingma & Ba, ICLR 2015, Algorithm 1).
 
@@ -67,6 +74,10 @@ def adam(
         Figure 4. May be a traced boolean, so a grid can mix both in one program.
       b1_decay: :math:`\lambda \in (0, 1]`; 1 is plain Adam.
       state_dtype: storage dtype of ``m`` and ``v`` (e.g. ``jnp.bfloat16``); math in float32.
+      mu_dtype, nu_dtype: storage dtype of ``m`` or ``v`` alone (override ``state_dtype``;
+        ``mu_dtype`` is Optax's argument, but ``None`` means float32 storage for
+        low-precision parameters, where Optax stores ``m`` in the parameters' dtype).
+      nesterov: NAdam's look-ahead (see :func:`adamjax.nadam`), as Optax's ``nesterov``.
       layout: ``"tree"`` keeps one moment per parameter leaf; ``"flat"`` holds them in one
         buffer per dtype (:func:`adamjax.flat.flat_layout`; same numbers, different state
         structure). For many small leaves keep the parameters flat too
@@ -76,18 +87,33 @@ def adam(
         and ``update`` the composed chain (which XLA fuses with ``optax.apply_updates``);
         ``"native"``: ``update`` runs the kernel too (or raises); ``"jax"``: always the
         chain. See :func:`adamjax.chain` and docs/fast-paths.md.
+
+    The updates are returned in the gradients' dtype (Optax's contract; the math runs in
+    float32, see :func:`adamjax.gradient_dtype.keep_gradient_dtype`).
     """
     _validate.check_learning_rate("adam", learning_rate)
+    _validate.check_bool("adam", "nesterov", nesterov)
+    if nesterov or mu_dtype is not None or nu_dtype is not None:  # not the native kernel's
+        if implementation == "native":
+            raise ValueError(
+                "adam: implementation='native' cannot run nesterov=True or separate "
+                "mu_dtype/nu_dtype; use state_dtype, or implementation='auto'."
+            )
+        implementation = "jax"
     if layout not in ("tree", "flat"):
         raise ValueError(f"adam: layout must be 'tree' or 'flat', got {layout!r}.")
     _check_flag("adam", "bias_correction", bias_correction)
-    parts = [scale_by_moments(b1, b2, b1_decay=b1_decay, state_dtype=state_dtype)]  # m_t, v_t
-    if bias_correction is not False:
-        parts.append(bias_correct(b1, b2, enabled=bias_correction))  # m_hat_t, v_hat_t
+    dtypes = dict(state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    parts = [scale_by_moments(b1, b2, b1_decay=b1_decay, **dtypes)]  # m_t, v_t
+    if nesterov:
+        parts.append(bias_correct_nesterov(enabled=bias_correction))  # NAdam's m_hat_t, v_hat_t
+    elif bias_correction is not False:
+        parts.append(bias_correct(enabled=bias_correction))  # m_hat_t, v_hat_t
     parts.append(precondition(eps, eps_root))  # m_hat_t / (sqrt(v_hat_t) + eps)
     parts.append(scale_by_lr(learning_rate))  # theta_t = theta_{t-1} - alpha * ...
     opt = chain(*parts, implementation=implementation)
-    return flat_layout(opt) if layout == "flat" else opt
+    opt = flat_layout(opt) if layout == "flat" else opt
+    return keep_gradient_dtype(opt, "adam")  # updates in the gradients' dtype
 
 
 def adamax(
@@ -97,6 +123,8 @@ def adamax(
     eps: Any = 1e-8,
     *,
     state_dtype: Any | None = None,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
     implementation: str = "auto",
 ) -> GradientTransformation:
     r"""AdaMax (Sec. 7.1, Algorithm 2): Adam with the infinity norm.
@@ -106,36 +134,59 @@ def adamax(
         \theta_t = \theta_{t-1} - \frac{\alpha}{1-\beta_1^t}\frac{m_t}{u_t + \epsilon}
 
     The paper has no :math:`\epsilon`; the default 1e-8 only guards :math:`u_t = 0`.
+    ``state_dtype`` (or ``mu_dtype``/``nu_dtype``) sets the storage of ``m``/``u``.
     ``implementation`` as in :func:`adam` (the native kernel has AdaMax's form too).
     """
     _validate.check_learning_rate("adamax", learning_rate)
-    return chain(
-        scale_by_inf_moment(b1, b2, state_dtype=state_dtype),  # m_t, u_t
-        bias_correct(b1, b2),  # m_t / (1 - b1^t)
+    dtypes = dict(state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    opt = chain(
+        scale_by_inf_moment(b1, b2, **dtypes),  # m_t, u_t
+        bias_correct(),  # m_t / (1 - b1^t)
         precondition(eps),  # ... / (u_t + eps)
         scale_by_lr(learning_rate),  # theta_t = theta_{t-1} - alpha * ...
         implementation=implementation,
     )
+    return keep_gradient_dtype(opt, "adamax")
 
 
-def adagrad(learning_rate: Any, eps: Any = 1e-8, *, initial_accumulator_value: Any = 0.0):
+def adagrad(
+    learning_rate: Any,
+    eps: Any = 1e-8,
+    *,
+    initial_accumulator_value: Any = 0.0,
+    state_dtype: Any | None = None,
+):
     r"""AdaGrad (Duchi et al., 2011) as the paper's related work states it.
 
     .. math::
         \theta_t = \theta_{t-1} - \alpha \frac{g_t}{\sqrt{\sum_{i \le t} g_i^2 + \epsilon}}
 
     The epsilon sits *inside* the square root. This matches ``optax.adagrad`` with
-    ``initial_accumulator_value=0`` and the same ``eps``; Optax's defaults differ (0.1, 1e-7).
+    ``initial_accumulator_value=0`` and the same ``eps``; Optax's defaults differ (0.1, 1e-7),
+    and Optax's second positional argument is ``initial_accumulator_value`` (pass keywords).
     """
     _validate.check_learning_rate("adagrad", learning_rate)
-    return chain(
-        scale_by_sum_of_squares(initial_accumulator_value),  # s_t = s_{t-1} + g_t^2
+    opt = chain(
+        scale_by_sum_of_squares(initial_accumulator_value, state_dtype=state_dtype),  # s_t
         precondition(eps=0.0, eps_root=eps),  # g_t / sqrt(s_t + eps)
         scale_by_lr(learning_rate),
     )
+    return keep_gradient_dtype(opt, "adagrad")
 
 
-def rmsprop(learning_rate: Any, decay: Any = 0.9, eps: Any = 1e-8, *, state_dtype=None):
+def rmsprop(
+    learning_rate: Any,
+    decay: Any = 0.9,
+    eps: Any = 1e-8,
+    initial_scale: Any = 0.0,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    momentum: Any | None = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
+    *,
+    state_dtype: Any | None = None,
+):
     r"""RMSProp (Tieleman & Hinton, 2012) as the paper's related work states it.
 
     .. math::
@@ -145,47 +196,99 @@ def rmsprop(learning_rate: Any, decay: Any = 0.9, eps: Any = 1e-8, *, state_dtyp
     The epsilon sits *inside* the square root (``optax.rmsprop``'s default
     ``eps_in_sqrt=True`` agrees; PyTorch puts it outside). No momentum, no bias correction:
     it is :func:`adam`'s moments with ``b1 = 0``.
+
+    Optax's options, with Optax's meaning:
+      initial_scale: :math:`v_0` (>= 0).
+      eps_in_sqrt: ``False`` divides by :math:`\sqrt{v_t} + \epsilon` (PyTorch's form).
+      centered: divide by :math:`\sqrt{v_t - \bar g_t^2 + \epsilon}` with
+        :math:`\bar g_t` the EMA of the gradient (Graves 2013; :func:`adamjax.centered.center`).
+      momentum, nesterov: a trace of the scaled steps, :math:`b_t = \mu b_{t-1} + \alpha d_t`
+        (after the learning rate, as Optax; PyTorch's ``momentum`` is the same for a constant
+        learning rate).
+      bias_correction: divide the averages by :math:`1 - \rho^t`.
     """
-    _validate.check_learning_rate("rmsprop", learning_rate)
-    return chain(
-        scale_by_moments(0.0, decay, state_dtype=state_dtype),  # v_t (m_t = g_t)
-        precondition(eps=0.0, eps_root=eps),  # g_t / sqrt(v_t + eps)
-        scale_by_lr(learning_rate),
-    )
+    fn = "rmsprop"
+    _validate.check_learning_rate(fn, learning_rate)
+    for name, flag in (("eps_in_sqrt", eps_in_sqrt), ("centered", centered)):
+        _validate.check_bool(fn, name, flag)
+    _validate.check_bool(fn, "nesterov", nesterov)
+    _validate.check_bool(fn, "bias_correction", bias_correction)
+    b1 = decay if centered else 0.0  # the centred form keeps an EMA of g with the same rate
+    parts = [scale_by_moments(b1, decay, nu_init=initial_scale, state_dtype=state_dtype)]
+    if bias_correction:
+        parts.append(bias_correct())  # v_t / (1 - rho^t) (and the EMA of g if centred)
+    if centered:
+        parts.append(center())  # (g_t, v_t - gbar_t^2)
+    if eps_in_sqrt:
+        parts.append(precondition(eps=0.0, eps_root=eps))  # g_t / sqrt(v_t + eps)
+    else:
+        parts.append(precondition(eps=eps))  # g_t / (sqrt(v_t) + eps)
+    parts.append(scale_by_lr(learning_rate))
+    if momentum is not None:
+        parts.append(trace(momentum, nesterov, state_dtype=state_dtype))
+    elif nesterov:
+        raise ValueError("rmsprop: nesterov=True needs a momentum, got momentum=None.")
+    return keep_gradient_dtype(chain(*parts), fn)
 
 
-def sgd(learning_rate: Any, momentum: Any = 0.0, nesterov: bool = False, *, state_dtype=None):
+def sgd(
+    learning_rate: Any,
+    momentum: Any | None = None,
+    nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
+    *,
+    state_dtype: Any | None = None,
+):
     r"""Stochastic gradient descent, optionally with (Nesterov) momentum.
 
     .. math::
         b_t = \mu b_{t-1} + g_t,\quad
         \theta_t = \theta_{t-1} - \alpha \,(g_t + \mu b_t \text{ if Nesterov else } b_t)
 
-    With ``momentum=0`` (the Python number) no state is kept.
+    With ``momentum=None`` or the Python number 0 no state is kept. ``accumulator_dtype``
+    (Optax's name) or ``state_dtype`` sets the storage dtype of :math:`b`.
     """
     _validate.check_learning_rate("sgd", learning_rate)
-    if not isinstance(nesterov, bool):
-        raise TypeError(f"sgd: nesterov must be a Python bool, got {nesterov!r}.")
-    if nesterov and isinstance(momentum, (int, float)) and momentum == 0:
-        raise ValueError("sgd: nesterov=True needs a momentum > 0, got momentum=0.")
+    _validate.check_bool("sgd", "nesterov", nesterov)
+    no_momentum = momentum is None or (_validate.is_python_number(momentum) and momentum == 0)
+    if nesterov and no_momentum:
+        raise ValueError(f"sgd: nesterov=True needs a momentum > 0, got momentum={momentum}.")
     parts = []
-    if not (isinstance(momentum, (int, float)) and momentum == 0):
-        parts.append(trace(momentum, nesterov, state_dtype=state_dtype))
+    if not no_momentum:
+        dtype = accumulator_dtype if accumulator_dtype is not None else state_dtype
+        parts.append(trace(momentum, nesterov, state_dtype=dtype))
     parts.append(scale_by_lr(learning_rate))
-    return chain(*parts)
+    return keep_gradient_dtype(chain(*parts), "sgd")
 
 
-def adadelta(learning_rate: Any = 1.0, rho: Any = 0.95, eps: Any = 1e-6, *, state_dtype=None):
+def adadelta(
+    learning_rate: Any = 1.0,
+    rho: Any = 0.9,
+    eps: Any = 1e-6,
+    weight_decay: Any = 0.0,
+    weight_decay_mask: Any = None,
+    *,
+    state_dtype=None,
+):
     r"""AdaDelta (Zeiler, 2012), compared in the paper's Figure 2.
 
     .. math::
         \theta_t = \theta_{t-1} - \alpha
         \frac{\sqrt{E[\Delta\theta^2]_{t-1} + \epsilon}}{\sqrt{E[g^2]_t + \epsilon}} g_t
 
-    Zeiler's method has no learning rate (``learning_rate=1``); defaults follow his paper.
+    Zeiler's method has no learning rate (``learning_rate=1``). The defaults
+    :math:`\rho = 0.9`, :math:`\epsilon = 10^{-6}` are Optax's and PyTorch's; Zeiler's
+    experiments used :math:`\rho = 0.95` (pass it to reproduce them). The larger
+    :math:`\rho` makes the step, which starts near :math:`\sqrt{\epsilon}` and grows as
+    :math:`E[\Delta\theta^2]` fills, grow about half as fast: on Optax's parabola with
+    ``learning_rate=0.1`` it needs about twice Optax's budget of 10,000 steps.
+    ``weight_decay`` is added to the gradient before the
+    AdaDelta scaling (L2, Optax's meaning), on the leaves ``weight_decay_mask`` selects.
     """
     _validate.check_learning_rate("adadelta", learning_rate)
-    return chain(
+    opt = chain(
+        add_decayed_weights(weight_decay, weight_decay_mask),  # g_t + wd * theta (L2)
         scale_by_adadelta(rho, eps, state_dtype=state_dtype),
         scale_by_lr(learning_rate),
     )
+    return keep_gradient_dtype(opt, "adadelta")

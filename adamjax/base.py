@@ -40,6 +40,13 @@ class Moments:
       count: the step ``t`` (int32 scalar, 1 at the first step) these moments belong to.
       kind: which second moment ``nu`` holds (static).
       corrected: whether :func:`adamjax.bias_correct` has been applied (static).
+      b1, b2: the estimator's decay rates as arrays (``None`` where it has none, as for
+        AdaGrad's sum), so that consumers such as :func:`adamjax.bias_correct` never ask
+        the user to repeat them. They are pytree children: a vmapped ``b1`` stays batched.
+      grad: the gradient ``g_t`` the moments were updated with (in the compute dtype), for
+        consumers that need it beside ``m_t`` (Nesterov's look-ahead, centring).
+      known_betas: the decay rates when they were Python numbers (static; ``None`` for a
+        traced or array rate), used to check explicit arguments against them at trace time.
 
     It is a pytree, so it can flow through ``jax.jit`` and ``optax.chain``; it is never
     stored in an optimizer state.
@@ -52,29 +59,57 @@ class Moments:
         count: jax.Array,
         kind: MomentKind = "ema_sq",
         corrected: bool = False,
+        b1: Any = None,
+        b2: Any = None,
+        grad: Any = None,
+        known_betas: tuple[float | None, float | None] = (None, None),
     ):
         self.mu = mu
         self.nu = nu
         self.count = count
         self.kind = kind
         self.corrected = corrected
+        self.b1 = b1
+        self.b2 = b2
+        self.grad = grad
+        self.known_betas = known_betas
 
     def tree_flatten(self):
-        return (self.mu, self.nu, self.count), (self.kind, self.corrected)
+        children = (self.mu, self.nu, self.count, self.b1, self.b2, self.grad)
+        return children, (self.kind, self.corrected, self.known_betas)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        return cls(*children, *aux)
+        mu, nu, count, b1, b2, grad = children
+        kind, corrected, known = aux
+        return cls(mu, nu, count, kind, corrected, b1, b2, grad, known)
 
     def replace(self, **changes: Any) -> Moments:
         fields = dict(
-            mu=self.mu, nu=self.nu, count=self.count, kind=self.kind, corrected=self.corrected
+            mu=self.mu,
+            nu=self.nu,
+            count=self.count,
+            kind=self.kind,
+            corrected=self.corrected,
+            b1=self.b1,
+            b2=self.b2,
+            grad=self.grad,
+            known_betas=self.known_betas,
         )
         fields.update(changes)
         return Moments(**fields)
 
     def __repr__(self) -> str:
         return f"Moments(kind={self.kind!r}, corrected={self.corrected}, mu=..., nu=...)"
+
+
+def record_beta(beta: Any) -> tuple[Any, float | None]:
+    """``(array, python_value_or_None)`` of a decay rate, for :class:`Moments`."""
+    import numbers
+
+    if isinstance(beta, numbers.Real) and not isinstance(beta, bool):
+        return jnp.asarray(beta), float(beta)
+    return jnp.asarray(beta), None
 
 
 class CompositionError(TypeError):

@@ -23,13 +23,26 @@ from adamjax.spec import Primitive, Spec
 def _correction(beta: Any, count: jax.Array, dtype: Any, enabled: Any) -> jax.Array:
     """``1 - beta**t`` in ``dtype`` (or 1 where correction is switched off)."""
     t = count.astype(dtype)
-    c = 1 - beta**t
+    c = 1 - jnp.asarray(beta).astype(dtype) ** t
     if enabled is True:
         return c
     return jnp.where(enabled, c, jnp.ones_like(c))
 
 
-def bias_correct(b1: Any = 0.9, b2: Any = 0.999, *, enabled: Any = True) -> GradientTransformation:
+def _agree(name: str, given: Any, recorded: float | None) -> None:
+    """Raise if a Python-number ``given`` rate differs from the estimator's Python number."""
+    if given is None or recorded is None or not _validate.is_python_number(given):
+        return
+    if float(given) != recorded:
+        raise CompositionError(
+            f"bias_correct({name}={given!r}) disagrees with the moment estimator's "
+            f"{name}={recorded!r}: the correction 1 - {name}^t must use the rate the moments "
+            f"were averaged with. Call bias_correct() without arguments to use the "
+            f"estimator's rates."
+        )
+
+
+def bias_correct(b1: Any = None, b2: Any = None, *, enabled: Any = True) -> GradientTransformation:
     r"""Divide the moments by their initialisation bias (Algorithm 1, lines 9-10).
 
     .. math::
@@ -39,8 +52,14 @@ def bias_correct(b1: Any = 0.9, b2: Any = 0.999, *, enabled: Any = True) -> Grad
     With the decaying :math:`\beta_{1,t}` of Sec. 4 the correction keeps the paper's
     :math:`1 - \beta_1^t` (Algorithm 1 unchanged).
 
+    The rates are those the moment estimator recorded in :class:`adamjax.Moments` (arrays,
+    so a vmapped ``b1`` stays batched): ``bias_correct()`` needs no arguments.
+
     Args:
-      b1, b2: the decay rates used by the moment estimator, each in [0, 1).
+      b1, b2: optional, only as a check: a Python number that differs from the estimator's
+        Python-number rate raises :class:`adamjax.CompositionError` naming both. (Where
+        either side is an array its value is unknown at trace time; the estimator's rate is
+        used.)
       enabled: ``True`` (default), or a boolean JAX array, possibly traced, so that one
         compiled program can hold corrected and uncorrected runs (``jnp.where``). Pass
         ``False`` only through the alias; to drop correction, leave this primitive out.
@@ -49,8 +68,10 @@ def bias_correct(b1: Any = 0.9, b2: Any = 0.999, *, enabled: Any = True) -> Grad
       A stateless transformation from :class:`Moments` to corrected :class:`Moments`.
     """
     fn = "bias_correct"
-    _validate.check_beta(fn, "b1", b1)
-    _validate.check_beta(fn, "b2", b2)
+    if b1 is not None:
+        _validate.check_beta(fn, "b1", b1)
+    if b2 is not None:
+        _validate.check_beta(fn, "b2", b2)
 
     def init(params):
         del params
@@ -73,14 +94,22 @@ def bias_correct(b1: Any = 0.9, b2: Any = 0.999, *, enabled: Any = True) -> Grad
                 "it appears twice in the chain."
             )
 
+        if m.b1 is None or m.b2 is None:
+            raise CompositionError(
+                "bias_correct received Moments without decay rates; build them with "
+                "scale_by_moments or scale_by_inf_moment."
+            )
+        _agree("b1", b1, m.known_betas[0])
+        _agree("b2", b2, m.known_betas[1])
+
         def corr_mu(mu):
-            return mu / _correction(b1, m.count, jnp.finfo(mu.dtype).dtype, enabled)
+            return mu / _correction(m.b1, m.count, jnp.finfo(mu.dtype).dtype, enabled)
 
         mu = jax.tree.map(corr_mu, m.mu)
         if m.kind == "inf_norm":
             nu = m.nu
         else:
-            nu = jax.tree.map(lambda v: v / _correction(b2, m.count, v.dtype, enabled), m.nu)
+            nu = jax.tree.map(lambda v: v / _correction(m.b2, m.count, v.dtype, enabled), m.nu)
         return m.replace(mu=mu, nu=nu, corrected=True), state
 
     spec = Spec(fn, {"b1": b1, "b2": b2, "enabled": enabled}, {}, bias_correct)

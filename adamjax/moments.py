@@ -24,6 +24,7 @@ from adamjax.base import (
     compute_dtype,
     expect_updates,
     real_dtype,
+    record_beta,
     safe_increment,
     state_dtype_for,
 )
@@ -59,12 +60,22 @@ def _is_one(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and float(x) == 1.0
 
 
-def _state_zeros(params: Any, state_dtype: Any, real: bool = False) -> Any:
+def _state_zeros(params: Any, state_dtype: Any, real: bool = False, fill: Any = 0.0) -> Any:
     def zeros(p):
         dt = state_dtype_for(p, state_dtype)
-        return jnp.zeros_like(p, dtype=real_dtype(dt) if real else dt)
+        return jnp.full_like(p, fill, dtype=real_dtype(dt) if real else dt)
 
     return jax.tree.map(zeros, params)
+
+
+def _pick(specific: Any, shorthand: Any) -> Any:
+    """``mu_dtype``/``nu_dtype`` when given, else the ``state_dtype`` shorthand."""
+    return shorthand if specific is None else specific
+
+
+def _moments_out(mu, nu, count, kind, b1, b2, grads) -> Moments:
+    (a1, k1), (a2, k2) = record_beta(b1), record_beta(b2)
+    return Moments(mu, nu, count, kind, False, a1, a2, grads, (k1, k2))
 
 
 def _ema(decay: Any, old: Any, new: Any, out_dtype: Any) -> jax.Array:
@@ -79,6 +90,9 @@ def scale_by_moments(
     *,
     b1_decay: Any = 1.0,
     state_dtype: Any | None = None,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+    nu_init: Any = 0.0,
 ) -> GradientTransformation:
     r"""Exponential moving averages of the gradient and its square (Algorithm 1, lines 7-8).
 
@@ -87,8 +101,9 @@ def scale_by_moments(
         m_t = b_{1,t}\, m_{t-1} + (1 - b_{1,t})\, g_t, \quad
         v_t = b_2\, v_{t-1} + (1 - b_2)\, |g_t|^2
 
-    with :math:`m_0 = v_0 = 0`. :math:`\lambda` (``b1_decay``) is the decay of the first
-    moment's rate in the convergence theorem (Sec. 4); the default 1 is plain Adam. For
+    with :math:`m_0 = 0` and :math:`v_0 = 0` (or ``nu_init``). :math:`\lambda`
+    (``b1_decay``) is the decay of the first moment's rate in the convergence theorem
+    (Sec. 4); the default 1 is plain Adam. For
     complex gradients :math:`|g|^2 = g \bar g` and :math:`v` is real.
 
     Args:
@@ -96,11 +111,15 @@ def scale_by_moments(
         the gradient itself (RMSProp) and is not stored.
       b2: second-moment decay :math:`\beta_2 \in [0, 1)`.
       b1_decay: :math:`\lambda \in (0, 1]`.
-      state_dtype: storage dtype of the moments (e.g. ``jnp.bfloat16``); the math runs in
+      state_dtype: storage dtype of both moments (e.g. ``jnp.bfloat16``); the math runs in
         at least float32 regardless. Defaults to the parameters' dtype promoted to float32.
+      mu_dtype, nu_dtype: storage dtype of ``m`` or of ``v`` alone (override
+        ``state_dtype``). A real dtype given for complex parameters keeps ``m`` complex.
+      nu_init: :math:`v_0` (RMSProp's ``initial_scale`` in Optax), >= 0.
 
     Returns:
-      A transformation whose output is :class:`adamjax.base.Moments` (``kind="ema_sq"``),
+      A transformation whose output is :class:`adamjax.base.Moments` (``kind="ema_sq"``,
+      carrying ``b1``, ``b2`` and ``g_t`` for the consumers),
       to be followed by :func:`adamjax.bias_correct` and/or :func:`adamjax.precondition`.
     """
     fn = "scale_by_moments"
@@ -109,11 +128,15 @@ def scale_by_moments(
     _validate.check_range(
         fn, "b1_decay", b1_decay, low=0.0, high=1.0, low_open=True, high_open=False
     )
+    _validate.check_nonnegative(fn, "nu_init", nu_init)
+    mu_dtype, nu_dtype = _pick(mu_dtype, state_dtype), _pick(nu_dtype, state_dtype)
+    _validate.check_dtype(fn, "mu_dtype", mu_dtype)
+    _validate.check_dtype(fn, "nu_dtype", nu_dtype)
     store_mu = not (_is_zero(b1) and _is_one(b1_decay))
 
     def init(params):
-        mu = _state_zeros(params, state_dtype) if store_mu else None
-        nu = _state_zeros(params, state_dtype, real=True)
+        mu = _state_zeros(params, mu_dtype) if store_mu else None
+        nu = _state_zeros(params, nu_dtype, real=True, fill=nu_init)
         return MomentsState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
     def update(updates, state, params=None):
@@ -132,7 +155,7 @@ def scale_by_moments(
             mu, new_mu = grads, None
         nu = jax.tree.map(lambda g, v: _ema(b2, v, abs_sq(g), real_dtype(g.dtype)), grads, state.nu)
         new_nu = jax.tree.map(lambda v, old: v.astype(old.dtype), nu, state.nu)
-        out = Moments(mu=mu, nu=nu, count=count, kind="ema_sq")
+        out = _moments_out(mu, nu, count, "ema_sq", b1, b2, grads)
         return out, MomentsState(count=count, mu=new_mu, nu=new_nu)
 
     hyper = {"b1": b1, "b2": b2, "b1_decay": b1_decay}
@@ -141,7 +164,12 @@ def scale_by_moments(
 
 
 def scale_by_inf_moment(
-    b1: Any = 0.9, b2: Any = 0.999, *, state_dtype: Any | None = None
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    *,
+    state_dtype: Any | None = None,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
 ) -> GradientTransformation:
     r"""AdaMax's moments (Algorithm 2, Sec. 7.1): an EMA of g and an infinity-norm EMA.
 
@@ -155,6 +183,7 @@ def scale_by_inf_moment(
       b1: first-moment decay in [0, 1).
       b2: decay of the infinity norm in [0, 1).
       state_dtype: storage dtype of ``m`` and ``u`` (math in at least float32).
+      mu_dtype, nu_dtype: storage dtype of ``m`` or of ``u`` alone (override ``state_dtype``).
 
     Returns:
       A transformation that outputs :class:`adamjax.base.Moments` with ``kind="inf_norm"``.
@@ -162,12 +191,15 @@ def scale_by_inf_moment(
     fn = "scale_by_inf_moment"
     _validate.check_beta(fn, "b1", b1)
     _validate.check_beta(fn, "b2", b2)
+    mu_dtype, nu_dtype = _pick(mu_dtype, state_dtype), _pick(nu_dtype, state_dtype)
+    _validate.check_dtype(fn, "mu_dtype", mu_dtype)
+    _validate.check_dtype(fn, "nu_dtype", nu_dtype)
 
     def init(params):
         return MomentsState(
             count=jnp.zeros([], jnp.int32),
-            mu=_state_zeros(params, state_dtype),
-            nu=_state_zeros(params, state_dtype, real=True),
+            mu=_state_zeros(params, mu_dtype),
+            nu=_state_zeros(params, nu_dtype, real=True),
         )
 
     def update(updates, state, params=None):
@@ -186,7 +218,7 @@ def scale_by_inf_moment(
             mu=jax.tree.map(lambda m, old: m.astype(old.dtype), mu, state.mu),
             nu=jax.tree.map(lambda u, old: u.astype(old.dtype), nu, state.nu),
         )
-        return Moments(mu=mu, nu=nu, count=count, kind="inf_norm"), new_state
+        return _moments_out(mu, nu, count, "inf_norm", b1, b2, grads), new_state
 
     spec = Spec(fn, {"b1": b1, "b2": b2}, {"state_dtype": state_dtype}, scale_by_inf_moment)
     return Primitive(init, update, spec)
@@ -206,6 +238,7 @@ def scale_by_sum_of_squares(
     """
     fn = "scale_by_sum_of_squares"
     _validate.check_nonnegative(fn, "initial_accumulator_value", initial_accumulator_value)
+    _validate.check_dtype(fn, "state_dtype", state_dtype)
 
     def init(params):
         def fill(p):
@@ -223,7 +256,7 @@ def scale_by_sum_of_squares(
         )
         new_s = jax.tree.map(lambda x, old: x.astype(old.dtype), s, state.sum_of_squares)
         # The count is unused downstream (no bias correction) but keeps Moments uniform.
-        out = Moments(mu=grads, nu=s, count=jnp.zeros([], jnp.int32), kind="sum_sq")
+        out = Moments(mu=grads, nu=s, count=jnp.zeros([], jnp.int32), kind="sum_sq", grad=grads)
         return out, SumOfSquaresState(sum_of_squares=new_s)
 
     return GradientTransformation(init, update)

@@ -47,6 +47,7 @@ def trace(
     """
     fn = "trace"
     _validate.check_beta(fn, "momentum", momentum)
+    _validate.check_dtype(fn, "state_dtype", state_dtype)
 
     def init(params):
         return TraceState(

@@ -114,3 +114,109 @@ def temporal_average(thetas, b2=0.999):
         bar = b2 * bar + (1 - b2) * th
         out.append(bar / (1 - b2**t))
     return np.stack(out)
+
+
+def adamw(theta0, grads, alpha, b1=0.9, b2=0.999, eps=1e-8, wd=1e-4, decay=True):
+    """Loshchilov & Hutter 2019, Algorithm 2 (AdamW) with the schedule multiplier eta_t = alpha.
+
+    theta_t = theta_{t-1} - alpha * (m_hat / (sqrt(v_hat) + eps) + wd * theta_{t-1});
+    ``decay`` may be a boolean array selecting the entries that decay (the mask).
+    """
+    theta = np.array(theta0, np.float64)
+    m = np.zeros_like(theta)
+    v = np.zeros_like(theta)
+    mask = np.broadcast_to(np.asarray(decay, bool), theta.shape)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        g = np.asarray(g, np.float64)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
+        theta = theta - alpha * (m_hat / (np.sqrt(v_hat) + eps) + np.where(mask, wd * theta, 0.0))
+        out.append(theta.copy())
+    return np.stack(out)
+
+
+def amsgrad(theta0, grads, alpha, b1=0.9, b2=0.999, eps=1e-8, max_of="corrected"):
+    """Reddi, Kale & Kumar 2018, Algorithm 2 (AMSGrad), with the three placements in use.
+
+    max_of="corrected": v_max = max(v_max, v_t / (1 - b2^t)), m corrected (Optax);
+    max_of="raw": v_max = max(v_max, v_t), then divided by (1 - b2^t), m corrected (PyTorch);
+    max_of="paper": v_max = max(v_max, v_t), no bias correction at all (the paper).
+    """
+    theta = np.array(theta0, np.float64)
+    m = np.zeros_like(theta)
+    v = np.zeros_like(theta)
+    v_max = np.zeros_like(theta)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        g = np.asarray(g, np.float64)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        if max_of == "paper":
+            v_max = np.maximum(v_max, v)
+            step = m / (np.sqrt(v_max) + eps)
+        elif max_of == "raw":
+            v_max = np.maximum(v_max, v)
+            step = (m / (1 - b1**t)) / (np.sqrt(v_max / (1 - b2**t)) + eps)
+        else:
+            v_max = np.maximum(v_max, v / (1 - b2**t))
+            step = (m / (1 - b1**t)) / (np.sqrt(v_max) + eps)
+        theta = theta - alpha * step
+        out.append(theta.copy())
+    return np.stack(out)
+
+
+def nadam(theta0, grads, alpha, b1=0.9, b2=0.999, eps=1e-8, mu=None):
+    """Dozat 2016, Algorithm 2 (NAdam), without the extra b2 factor on n_hat.
+
+    mu(t) is the momentum schedule mu_t (default: the constant b1); m_t averages with b1:
+        g_hat = g / (1 - prod_{i<=t} mu_i)
+        m_hat = m_t / (1 - prod_{i<=t+1} mu_i)
+        m_bar = (1 - mu_t) g_hat + mu_{t+1} m_hat
+        theta -= alpha * m_bar / (sqrt(n_t / (1 - b2^t)) + eps)
+    """
+    mu = (lambda t: b1) if mu is None else mu
+    theta = np.array(theta0, np.float64)
+    m = np.zeros_like(theta)
+    n = np.zeros_like(theta)
+    prod = 1.0
+    out = []
+    for t, g in enumerate(grads, start=1):
+        g = np.asarray(g, np.float64)
+        prod *= mu(t)
+        m = b1 * m + (1 - b1) * g
+        n = b2 * n + (1 - b2) * g**2
+        g_hat = g / (1 - prod)
+        m_hat = m / (1 - prod * mu(t + 1))
+        m_bar = (1 - mu(t)) * g_hat + mu(t + 1) * m_hat
+        theta = theta - alpha * m_bar / (np.sqrt(n / (1 - b2**t)) + eps)
+        out.append(theta.copy())
+    return np.stack(out)
+
+
+def radam(theta0, grads, alpha, b1=0.9, b2=0.999, eps=1e-8, threshold=5.0, eps_raw=False):
+    """Liu et al. 2020, Algorithm 2 (RAdam); ``eps_raw`` adds eps to sqrt(v_t) (PyTorch)."""
+    theta = np.array(theta0, np.float64)
+    m = np.zeros_like(theta)
+    v = np.zeros_like(theta)
+    rho_inf = 2 / (1 - b2) - 1
+    out = []
+    for t, g in enumerate(grads, start=1):
+        g = np.asarray(g, np.float64)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        m_hat = m / (1 - b1**t)
+        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        if rho >= threshold:
+            r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            if eps_raw:
+                step = r * m_hat * np.sqrt(1 - b2**t) / (np.sqrt(v) + eps)
+            else:
+                step = r * m_hat / (np.sqrt(v / (1 - b2**t)) + eps)
+        else:
+            step = m_hat
+        theta = theta - alpha * step
+        out.append(theta.copy())
+    return np.stack(out)

@@ -71,7 +71,12 @@ CASES = [
         lambda: adamjax.sgd(0.01, momentum=0.95, nesterov=True),
         lambda th, g: ref.sgd(th, g, 0.01, momentum=0.95, nesterov=True),
     ),
-    ("adadelta", lambda: adamjax.adadelta(), lambda th, g: ref.adadelta(th, g)),
+    ("adadelta", lambda: adamjax.adadelta(), lambda th, g: ref.adadelta(th, g, rho=0.9)),
+    (
+        "adadelta-zeiler-rho=0.95",
+        lambda: adamjax.adadelta(rho=0.95),
+        lambda th, g: ref.adadelta(th, g, rho=0.95),
+    ),
     (
         "adadelta-rho=0.9,lr=0.5",
         lambda: adamjax.adadelta(0.5, rho=0.9, eps=1e-5),

@@ -39,20 +39,47 @@ def test_state_dtype_bfloat16_storage_float32_math():
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_low_precision_params_update_in_float32_and_cast_back(dtype):
+def test_low_precision_params_math_in_float32_updates_in_gradient_dtype(dtype):
     params = {"w": jnp.full((8,), 1.0, dtype)}
     grads = {"w": jnp.full((8,), 0.25, dtype)}
     opt = adamjax.adam(1e-3)
     state = opt.init(params)
     assert state[0].mu["w"].dtype == jnp.float32  # default state: float32 math and storage
     u, state = opt.update(grads, state, params)
-    assert u["w"].dtype == jnp.float32
+    assert u["w"].dtype == dtype  # Optax's contract: updates in the gradients' dtype
+    # The first step is -alpha * g/(|g| + eps) computed in float32, rounded once to dtype.
+    want = jnp.asarray(np.float32(-1e-3) * (np.float32(0.25) / np.float32(0.25 + 1e-8)), dtype)
+    np.testing.assert_array_equal(np.asarray(u["w"], np.float32), np.float32(want))
     new = adamjax.apply_updates(params, u)
     assert new["w"].dtype == dtype
-    # 1 - 1e-3 in float32 then rounded once to the parameter dtype.
-    np.testing.assert_array_equal(
-        np.asarray(new["w"], np.float32), np.asarray(jnp.asarray(1 - 1e-3, dtype), np.float32)
-    )
+
+
+# A step of Adam whose float32 update is -(2^-9)(1 + 2^-12): just beyond half a bfloat16 ulp
+# below 1.0 (the ulp there is 2^-8). Added in float32 and rounded once, 1.0 moves to 1 - 2^-8;
+# rounded to bfloat16 first, the update becomes exactly -2^-9, 1 - 2^-9 is a tie and rounds to
+# the even 1.0: the step is lost.
+_LR_PAST_HALF_ULP = 2.0**-9 * (1 + 2.0**-12)
+
+
+def _bf16(x):
+    return float(jnp.asarray(x, jnp.float32).astype(jnp.bfloat16))
+
+
+def test_apply_gradients_rounds_low_precision_params_once():
+    params = {"w": jnp.ones((4,), jnp.bfloat16)}
+    grads = {"w": jnp.full((4,), 0.5, jnp.bfloat16)}
+    opt = adamjax.adam(_LR_PAST_HALF_ULP, eps=0.0)
+    exact = 1.0 - _LR_PAST_HALF_ULP  # float64: the first Adam step is -alpha * sign(g)
+    assert _bf16(exact) == 1.0 - 2.0**-8  # one rounding
+    assert _bf16(1.0 + _bf16(-_LR_PAST_HALF_ULP)) == 1.0  # two roundings: the step is lost
+    state = opt.init(params)
+    stepped, _ = jax.jit(adamjax.apply_gradients, static_argnums=0)(opt, grads, state, params)
+    np.testing.assert_array_equal(np.asarray(stepped["w"], np.float64), _bf16(exact))
+    # The two-call form rounds the update to the gradients' dtype first (Optax's contract).
+    u, _ = jax.jit(opt.update)(grads, state, params)
+    assert u["w"].dtype == jnp.bfloat16
+    two_calls = adamjax.apply_updates(params, u)
+    np.testing.assert_array_equal(np.asarray(two_calls["w"], np.float64), 1.0)
 
 
 def test_apply_updates_rounds_once_for_bfloat16():

@@ -70,3 +70,83 @@ def test_traced_hyperparameters_are_not_checked_or_rejected():
     assert out.shape == (3,)
     # Concrete JAX arrays are not checked either (that would force a device sync).
     adamjax.adam(jnp.array(-1.0))
+
+
+NOT_A_NUMBER = [
+    (lambda: adamjax.adam("0.1"), TypeError, ["learning_rate", "'0.1'", "str"]),
+    (lambda: adamjax.adam(None), TypeError, ["learning_rate", "None"]),
+    (lambda: adamjax.adam(float("inf")), ValueError, ["learning_rate", "inf", "finite"]),
+    (lambda: adamjax.adam(float("nan")), ValueError, ["learning_rate", "nan"]),
+    (lambda: adamjax.adam([1e-3]), TypeError, ["learning_rate", "[0.001]", "list"]),
+    (lambda: adamjax.adam(True), TypeError, ["learning_rate", "True", "bool"]),
+    (lambda: adamjax.adam(1e-3, b1="0.9"), TypeError, ["b1", "'0.9'"]),
+    (lambda: adamjax.adam(1e-3, b2=None), TypeError, ["b2", "None"]),
+    (lambda: adamjax.adam(1e-3, eps=float("inf")), ValueError, ["eps", "inf"]),
+    (lambda: adamjax.adam(1e-3, eps_root="0"), TypeError, ["eps_root", "'0'"]),
+    (lambda: adamjax.adam(1e-3, mu_dtype=jnp.int32), TypeError, ["mu_dtype", "int32"]),
+    (lambda: adamjax.adam(1e-3, nu_dtype="float3"), TypeError, ["nu_dtype", "float3"]),
+    (lambda: adamjax.adam(1e-3, nesterov=1), TypeError, ["nesterov", "1"]),
+    (lambda: adamjax.adamax("x"), TypeError, ["learning_rate", "'x'"]),
+    (lambda: adamjax.adagrad(0.1, eps=None), TypeError, ["eps", "None"]),
+    (lambda: adamjax.rmsprop(0.1, decay="0.9"), TypeError, ["b2", "'0.9'"]),
+    (lambda: adamjax.rmsprop(0.1, centered=1), TypeError, ["centered", "1"]),
+    (lambda: adamjax.rmsprop(0.1, momentum="0.9"), TypeError, ["momentum", "'0.9'"]),
+    (lambda: adamjax.sgd(0.1, momentum=float("nan")), ValueError, ["momentum", "nan"]),
+    (lambda: adamjax.sgd(0.1, 0.9, nesterov="yes"), TypeError, ["nesterov", "'yes'"]),
+    (lambda: adamjax.adadelta(None), TypeError, ["learning_rate", "None"]),
+    (lambda: adamjax.adadelta(rho=float("inf")), ValueError, ["rho", "inf"]),
+    (lambda: adamjax.adamw(0.1, weight_decay="0.1"), TypeError, ["weight_decay", "'0.1'"]),
+    (lambda: adamjax.adamw(0.1, weight_decay=-1.0), ValueError, ["weight_decay", "-1.0"]),
+    (lambda: adamjax.amsgrad(float("inf")), ValueError, ["learning_rate", "inf"]),
+    (lambda: adamjax.nadam(0.1, b1=1.0), ValueError, ["b1", "1.0"]),
+    (lambda: adamjax.radam(0.1, threshold="5"), TypeError, ["threshold", "'5'"]),
+    (lambda: adamjax.radam(0.1, threshold=3.0), ValueError, ["threshold", "3.0"]),
+    (lambda: adamjax.bias_correct(b1="0.9"), TypeError, ["b1", "'0.9'"]),
+    (lambda: adamjax.sgd(0.1, 0.9, accumulator_dtype=jnp.int8), TypeError, ["state_dtype", "int8"]),
+    (lambda: adamjax.adadelta(state_dtype="bf16x"), TypeError, ["state_dtype", "bf16x"]),
+]
+
+
+@pytest.mark.parametrize("build,error,fragments", NOT_A_NUMBER)
+def test_wrong_type_or_nonfinite_hyperparameter_is_named(build, error, fragments):
+    with pytest.raises(error) as info:
+        build()
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: adamjax.adam(1e-3),
+        lambda: adamjax.adamax(),
+        lambda: adamjax.adagrad(0.1),
+        lambda: adamjax.rmsprop(0.1),
+        lambda: adamjax.sgd(0.1),
+        lambda: adamjax.adadelta(),
+        lambda: adamjax.adamw(0.1),
+        lambda: adamjax.amsgrad(0.1),
+        lambda: adamjax.nadam(0.1),
+        lambda: adamjax.radam(0.1),
+    ],
+)
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_])
+def test_integer_parameter_leaves_are_refused_at_init(make, dtype):
+    params = {"w": jnp.ones(3), "layer": {"steps": jnp.zeros(2, dtype)}}
+    with pytest.raises(TypeError) as info:
+        make().init(params)
+    message = str(info.value)
+    for fragment in ("['layer']['steps']", jnp.dtype(dtype).name, "floating", "None"):
+        assert fragment in message, message
+    # The leaf set to None (frozen) passes.
+    make().init({"w": jnp.ones(3), "layer": {"steps": None}})
+
+
+def test_schedules_and_arrays_pass_validation():
+    adamjax.adam(adamjax.inverse_sqrt_schedule(0.1))
+    adamjax.adam(np.float32(0.1), b1=np.float64(0.9))
+    adamjax.adam(jnp.asarray(0.1), b1=jnp.asarray(0.9), eps=np.asarray(1e-8))
+    adamjax.sgd(0.1, momentum=jnp.asarray(0.9))
+    with pytest.raises(TypeError, match="learning_rate.*bool"):
+        adamjax.adam(jnp.asarray(True))

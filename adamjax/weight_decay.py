@@ -1,0 +1,81 @@
+"""Decoupled weight decay (Loshchilov & Hutter, "Decoupled Weight Decay Regularization",
+ICLR 2019), the term that turns Adam into AdamW.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from adamjax import _validate
+from adamjax.base import EmptyState, GradientTransformation, expect_updates
+
+
+def _mask_tree(mask: Any, params: Any) -> Any:
+    tree = mask(params) if callable(mask) else mask
+    try:
+        return jax.tree.map(lambda m, p: m, tree, params, is_leaf=lambda x: x is None)
+    except ValueError as err:
+        raise ValueError(
+            "add_decayed_weights: mask must have the structure of the parameters (a tree of "
+            f"booleans, or a function of the parameters that returns one): {err}"
+        ) from err
+
+
+def add_decayed_weights(
+    weight_decay: Any = 1e-4, mask: Any | Callable[[Any], Any] | None = None
+) -> GradientTransformation:
+    r"""Add :math:`\lambda \theta_{t-1}` to the direction (decoupled weight decay).
+
+    .. math::
+        d_t \leftarrow d_t + \lambda\, \theta_{t-1}
+
+    Placed after :func:`adamjax.precondition` and before :func:`adamjax.scale_by_lr`, the
+    step is :math:`\theta_t = \theta_{t-1} - \alpha_t (\hat m_t/(\sqrt{\hat v_t}+\epsilon) +
+    \lambda \theta_{t-1})`: the decay is scaled by the learning rate (schedule) as in
+    Loshchilov & Hutter's Algorithm 2 with :math:`\eta_t = \alpha_t`, Optax's ``adamw`` and
+    PyTorch's ``AdamW``, but not by the adaptive preconditioner (that would be L2
+    regularisation, which the paper shows to be weaker for Adam).
+
+    Args:
+      weight_decay: :math:`\lambda \ge 0` (a number or array).
+      mask: which leaves decay: a tree of booleans with the parameters' structure, or a
+        function ``params -> that tree`` (e.g. to skip biases and norms). ``None``: all.
+
+    ``update`` must be given the parameters.
+    """
+    fn = "add_decayed_weights"
+    _validate.check_nonnegative(fn, "weight_decay", weight_decay)
+    if mask is not None and not callable(mask) and not jax.tree.leaves(mask):
+        raise ValueError(f"{fn}: mask has no leaves; pass a tree of booleans or a function.")
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None):
+        updates = expect_updates(
+            fn, updates, "Put precondition (or another direction) before add_decayed_weights."
+        )
+        if params is None and _validate.is_python_number(weight_decay) and weight_decay == 0:
+            return updates, state
+        if params is None:
+            raise ValueError(f"{fn} needs the parameters: call opt.update(grads, state, params).")
+
+        def decay(u, p, m=True):
+            if u is None:
+                return None
+            if m is False:
+                return u
+            d = u + (weight_decay * jnp.asarray(p)).astype(u.dtype)
+            return d if m is True else jnp.where(m, d, u)
+
+        if mask is None:
+            return jax.tree.map(decay, updates, params), state
+        m = _mask_tree(mask, params)
+        return jax.tree.map(decay, updates, params, m), state
+
+    return GradientTransformation(init, update)
