@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from adamjax import _validate
+from adamjax import _validate, quantize
 from adamjax.base import (
     GradientTransformation,
     Moments,
@@ -58,8 +58,19 @@ def _is_one(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and float(x) == 1.0
 
 
-def _state_zeros(params: Any, state_dtype: Any, real: bool = False) -> Any:
+def _state_zeros(params: Any, state_dtype: Any, real: bool = False, *, signed: bool = True) -> Any:
+    """Zero moments for ``params``; ``state_dtype="int8"``: block-wise 8-bit storage
+    (:mod:`adamjax.quantize`; ``signed`` picks the code: True for m, False for v >= 0)."""
+    int8 = quantize.is_int8(state_dtype)
+
     def zeros(p):
+        if int8:
+            if jnp.iscomplexobj(p):
+                raise TypeError(
+                    "state_dtype='int8' stores real moments only; this parameter is "
+                    f"{jnp.result_type(p)}: use state_dtype=None or jnp.bfloat16 for it."
+                )
+            return quantize.stored_zeros(p, compute_dtype(p), signed=signed)
         dt = state_dtype_for(p, state_dtype)
         return jnp.zeros_like(p, dtype=real_dtype(dt) if real else dt)
 
@@ -68,8 +79,7 @@ def _state_zeros(params: Any, state_dtype: Any, real: bool = False) -> Any:
 
 def _ema(decay: Any, old: Any, new: Any, out_dtype: Any) -> jax.Array:
     """``decay * old + (1 - decay) * new`` in the compute dtype of ``new``."""
-    cd = out_dtype
-    return decay * old.astype(cd) + (1 - decay) * new
+    return decay * quantize.read(old, out_dtype) + (1 - decay) * new
 
 
 def scale_by_moments(
@@ -112,7 +122,7 @@ def scale_by_moments(
 
     def init(params):
         mu = _state_zeros(params, state_dtype) if store_mu else None
-        nu = _state_zeros(params, state_dtype, real=True)
+        nu = _state_zeros(params, state_dtype, real=True, signed=False)
         return MomentsState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
     def update(updates, state, params=None):
@@ -126,11 +136,11 @@ def scale_by_moments(
             b1_t = b1 * b1_decay ** (count - 1).astype(jnp.result_type(float))
         if store_mu:
             mu = jax.tree.map(lambda g, m: _ema(b1_t, m, g, g.dtype), grads, state.mu)
-            new_mu = jax.tree.map(lambda m, old: m.astype(old.dtype), mu, state.mu)
+            new_mu = jax.tree.map(quantize.write, mu, state.mu)
         else:
             mu, new_mu = grads, None
         nu = jax.tree.map(lambda g, v: _ema(b2, v, abs_sq(g), real_dtype(g.dtype)), grads, state.nu)
-        new_nu = jax.tree.map(lambda v, old: v.astype(old.dtype), nu, state.nu)
+        new_nu = jax.tree.map(quantize.write, nu, state.nu)
         out = Moments(mu=mu, nu=nu, count=count, kind="ema_sq")
         return out, MomentsState(count=count, mu=new_mu, nu=new_nu)
 
@@ -164,7 +174,7 @@ def scale_by_inf_moment(
         return MomentsState(
             count=jnp.zeros([], jnp.int32),
             mu=_state_zeros(params, state_dtype),
-            nu=_state_zeros(params, state_dtype, real=True),
+            nu=_state_zeros(params, state_dtype, real=True, signed=False),
         )
 
     def update(updates, state, params=None):
@@ -174,14 +184,14 @@ def scale_by_inf_moment(
         grads = jax.tree.map(lambda g: jnp.asarray(g).astype(compute_dtype(g)), grads)
         mu = jax.tree.map(lambda g, m: _ema(b1, m, g, g.dtype), grads, state.mu)
         nu = jax.tree.map(
-            lambda g, u: jnp.maximum(b2 * u.astype(real_dtype(g.dtype)), jnp.abs(g)),
+            lambda g, u: jnp.maximum(b2 * quantize.read(u, real_dtype(g.dtype)), jnp.abs(g)),
             grads,
             state.nu,
         )
         new_state = MomentsState(
             count=count,
-            mu=jax.tree.map(lambda m, old: m.astype(old.dtype), mu, state.mu),
-            nu=jax.tree.map(lambda u, old: u.astype(old.dtype), nu, state.nu),
+            mu=jax.tree.map(quantize.write, mu, state.mu),
+            nu=jax.tree.map(quantize.write, nu, state.nu),
         )
         return Moments(mu=mu, nu=nu, count=count, kind="inf_norm"), new_state
 
