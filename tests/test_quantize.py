@@ -220,3 +220,33 @@ def test_int8_is_refused_where_state_is_not_a_moment():
         adamjax.adam(0.1, state_dtype=jnp.int32).init(_params())
     with pytest.raises(TypeError, match="complex"):
         adamjax.adam(0.1, state_dtype="int8").init({"z": jnp.zeros(5000, jnp.complex64)})
+
+
+def _case_zero1_splits_whole_blocks():
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from adamjax import sharding
+
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    rep = NamedSharding(mesh, PartitionSpec())
+    host = {"w": np.cos(np.arange(8 * Q.BLOCK_SIZE, dtype=np.float32)).reshape(64, -1)}
+    grads = [jax.tree.map(lambda x, k=k: np.sin(x + k), host) for k in range(3)]
+    opt = adamjax.adam(1e-2, state_dtype="int8")
+    zopt = sharding.zero1(opt, mesh)
+    params, state = jax.device_put(host, rep), zopt.init(jax.device_put(host, rep))
+    plain_p, plain_s = host, opt.init(host)
+    for g in grads:
+        u, state = jax.jit(zopt.update)(jax.device_put(g, rep), state, params)
+        params = optax.apply_updates(params, u)
+        pu, plain_s = jax.jit(opt.update)(g, plain_s, plain_p)
+        plain_p = optax.apply_updates(plain_p, pu)
+    mu = state[0].mu["w"]
+    assert mu.codes.addressable_shards[0].data.shape == (1, Q.BLOCK_SIZE)  # one block each
+    assert mu.scales.addressable_shards[0].data.shape == (1,)
+    np.testing.assert_allclose(np.asarray(params["w"]), plain_p["w"], rtol=1e-6, atol=1e-7)
+
+
+def test_zero1_splits_quantized_moments_by_whole_blocks():
+    from tests.multidevice import run_case
+
+    run_case(__file__, globals(), "_case_zero1_splits_whole_blocks", 8)
