@@ -57,23 +57,47 @@ BLOCK_SIZE = 2048
 MIN_QUANTIZED_SIZE = 4096
 """Leaves with fewer elements stay in float32, as the paper does for small tensors."""
 
+_HALF = 127  # index of 0 in the signed code
 
-def _dynamic_code(signed: bool) -> np.ndarray:
-    """The sorted dynamic tree code in [-1, 1] (signed) or [0, 1] (unsigned), float32."""
-    bits = 7 if signed else 8  # bits left after the sign bit
-    magnitudes = [0.0]
-    for e in range(bits):  # e zero bits, then the indicator bit, then the fraction bits
-        n = 2 ** (bits - 1 - e)
-        fractions = np.linspace(0.1, 1.0, n + 1)[1:]  # n points in (0.1, 1], 1 included
-        magnitudes.extend((10.0**-e) * fractions)
-    mags = np.array(sorted(magnitudes))
-    values = np.concatenate([-mags[:0:-1], mags]) if signed else mags
-    return values.astype(np.float32)
+
+def _magnitudes(i: jax.Array, bits: int) -> jax.Array:
+    """The code magnitude at index ``i`` (int32, ``0 <= i < 2**bits``), float32.
+
+    Index 0 is 0; index ``i >= 1`` lies in the decade ``e = bits - 1 - floor(log2 i)``,
+    at point ``k = i - 2**floor(log2 i)`` of ``n = 2**floor(log2 i)``:
+    ``10**-e * (0.1 + 0.9 (k+1)/n)``. Elementwise arithmetic and selects only: reading a
+    256-entry table with a gather costs more than the whole Adam step on XLA:CPU.
+    """
+    i = jnp.asarray(i, jnp.int32)
+    t = jnp.zeros(i.shape, jnp.int32)  # floor(log2 i) for i >= 1
+    for j in range(1, bits):
+        t = t + (i >= (1 << j)).astype(jnp.int32)
+    n = jnp.left_shift(jnp.int32(1), t)
+    k = i - n
+    frac = jnp.float32(0.1) + (jnp.float32(0.9) * (k + 1).astype(jnp.float32)) / n.astype(
+        jnp.float32
+    )
+    decade = jnp.zeros(i.shape, jnp.float32)
+    for e in range(bits):
+        decade = jnp.where(t == bits - 1 - e, jnp.float32(10.0**-e), decade)
+    return jnp.where(i == 0, jnp.float32(0.0), decade * frac)
+
+
+def _code_values(idx: jax.Array, signed: bool) -> jax.Array:
+    """The code value at each index (signed: index 127 is 0, below it the negatives)."""
+    if not signed:
+        return _magnitudes(idx, 8)
+    idx = jnp.asarray(idx, jnp.int32)
+    mag = _magnitudes(jnp.abs(idx - _HALF), 7)
+    return jnp.where(idx < _HALF, -mag, mag)
 
 
 @lru_cache(maxsize=2)
 def _code(signed: bool) -> np.ndarray:
-    return _dynamic_code(signed)
+    """The code as a table: exactly the values :func:`dequantize` computes."""
+    with jax.ensure_compile_time_eval():
+        size = 2 * _HALF + 1 if signed else 256
+        return np.asarray(jax.jit(_code_values, static_argnums=1)(jnp.arange(size), signed))
 
 
 def signed_code() -> np.ndarray:
@@ -125,9 +149,6 @@ class QuantizedArray:
 def n_blocks(size: int) -> int:
     """Blocks needed for ``size`` elements (at least one, so empty arrays stay regular)."""
     return max(1, -(-size // BLOCK_SIZE))
-
-
-_HALF = 127  # index of 0 in the signed code
 
 
 def _nearest_magnitude(a: jax.Array, bits: int) -> jax.Array:
@@ -193,8 +214,7 @@ def quantize(x: jax.Array, *, signed: bool) -> QuantizedArray:
 
 def dequantize(q: QuantizedArray, dtype: Any = jnp.float32) -> jax.Array:
     """Read a :class:`QuantizedArray` back: ``scale_b * Q[code_i]`` in ``dtype``."""
-    code = jnp.asarray(_code(q.signed))
-    values = code[q.codes.astype(jnp.int32)] * q.scales[:, None]
+    values = _code_values(q.codes.astype(jnp.int32), q.signed) * q.scales[:, None]
     return jnp.reshape(jnp.reshape(values, (-1,))[: q.size], q.shape).astype(dtype)
 
 
