@@ -175,7 +175,18 @@ def state_dtype_for(x: Any, state_dtype: Any | None) -> jnp.dtype:
     base = compute_dtype(x)
     if state_dtype is None:
         return base
+    if isinstance(state_dtype, str) and state_dtype == "int8":
+        raise TypeError(
+            "state_dtype='int8' (8-bit block-wise moments) is a storage format of the moment "
+            "estimators scale_by_moments and scale_by_inf_moment (adam, adamax, rmsprop); "
+            "this transformation stores float state: pass None, jnp.float32 or jnp.bfloat16."
+        )
     dtype = jnp.dtype(state_dtype)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise TypeError(
+            f"state_dtype={state_dtype!r} is not a floating-point dtype; pass None, "
+            "jnp.float32, jnp.bfloat16, or 'int8' (8-bit moments) to adam/adamax/rmsprop."
+        )
     if jnp.issubdtype(base, jnp.complexfloating) and not jnp.issubdtype(dtype, jnp.complexfloating):
         return jnp.promote_types(dtype, jnp.complex64)
     return dtype

@@ -162,9 +162,10 @@ def _match(transforms: tuple) -> tuple[_Plan | None, str]:
     m = moments.hyper
     if _is_number(m["b1"], 0.0) and _is_number(m.get("b1_decay", 1.0), 1.0):
         return None, "b1=0 (no first moment is stored)"
-    sd = moments.options.get("state_dtype")
-    if sd is not None and jnp.dtype(sd) not in _STATE_DTYPES:
-        return None, f"state_dtype={sd!r} (the kernel stores float32 or bfloat16)"
+    for key in ("state_dtype", "mu_dtype", "nu_dtype"):
+        sd = moments.options.get(key)
+        if sd is not None and (isinstance(sd, str) or jnp.dtype(sd) not in _STATE_DTYPES):
+            return None, f"{key}={sd!r} (the kernel stores float32 or bfloat16)"
     if not _is_number(precond.hyper.get("eps_root", 0.0), 0.0):
         eps_root = precond.hyper["eps_root"]
         return None, f"eps_root={eps_root!r} (the kernel has no epsilon inside the root)"

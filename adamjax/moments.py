@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from adamjax import _validate
+from adamjax import _validate, quantize
 from adamjax.base import (
     GradientTransformation,
     Moments,
@@ -60,8 +60,25 @@ def _is_one(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and float(x) == 1.0
 
 
-def _state_zeros(params: Any, state_dtype: Any, real: bool = False, fill: Any = 0.0) -> Any:
+def _state_zeros(
+    params: Any, state_dtype: Any, real: bool = False, fill: Any = 0.0, *, signed: bool = True
+) -> Any:
+    """Moments filled with ``fill`` for ``params``; ``state_dtype="int8"``: block-wise
+    8-bit storage (:mod:`adamjax.quantize`; ``signed`` picks the code: True for m, False
+    for v >= 0)."""
+    int8 = quantize.is_int8(state_dtype)
+
     def zeros(p):
+        if int8:
+            if jnp.iscomplexobj(p):
+                raise TypeError(
+                    "state_dtype='int8' stores real moments only; this parameter is "
+                    f"{jnp.result_type(p)}: use state_dtype=None or jnp.bfloat16 for it."
+                )
+            stored = quantize.stored_zeros(p, compute_dtype(p), signed=signed)
+            if isinstance(fill, (int, float)) and fill == 0:
+                return stored
+            return quantize.write(jnp.full_like(p, fill, dtype=compute_dtype(p)), stored)
         dt = state_dtype_for(p, state_dtype)
         return jnp.full_like(p, fill, dtype=real_dtype(dt) if real else dt)
 
@@ -80,8 +97,7 @@ def _moments_out(mu, nu, count, kind, b1, b2, grads) -> Moments:
 
 def _ema(decay: Any, old: Any, new: Any, out_dtype: Any) -> jax.Array:
     """``decay * old + (1 - decay) * new`` in the compute dtype of ``new``."""
-    cd = out_dtype
-    return decay * old.astype(cd) + (1 - decay) * new
+    return decay * quantize.read(old, out_dtype) + (1 - decay) * new
 
 
 def scale_by_moments(
@@ -136,7 +152,7 @@ def scale_by_moments(
 
     def init(params):
         mu = _state_zeros(params, mu_dtype) if store_mu else None
-        nu = _state_zeros(params, nu_dtype, real=True, fill=nu_init)
+        nu = _state_zeros(params, nu_dtype, real=True, fill=nu_init, signed=False)
         return MomentsState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
     def update(updates, state, params=None):
@@ -150,16 +166,17 @@ def scale_by_moments(
             b1_t = b1 * b1_decay ** (count - 1).astype(jnp.result_type(float))
         if store_mu:
             mu = jax.tree.map(lambda g, m: _ema(b1_t, m, g, g.dtype), grads, state.mu)
-            new_mu = jax.tree.map(lambda m, old: m.astype(old.dtype), mu, state.mu)
+            new_mu = jax.tree.map(quantize.write, mu, state.mu)
         else:
             mu, new_mu = grads, None
         nu = jax.tree.map(lambda g, v: _ema(b2, v, abs_sq(g), real_dtype(g.dtype)), grads, state.nu)
-        new_nu = jax.tree.map(lambda v, old: v.astype(old.dtype), nu, state.nu)
+        new_nu = jax.tree.map(quantize.write, nu, state.nu)
         out = _moments_out(mu, nu, count, "ema_sq", b1, b2, grads)
         return out, MomentsState(count=count, mu=new_mu, nu=new_nu)
 
     hyper = {"b1": b1, "b2": b2, "b1_decay": b1_decay}
-    spec = Spec(fn, hyper, {"state_dtype": state_dtype}, scale_by_moments)
+    storage = {"mu_dtype": mu_dtype, "nu_dtype": nu_dtype, "nu_init": nu_init}
+    spec = Spec(fn, hyper, storage, scale_by_moments)
     return Primitive(init, update, spec)
 
 
@@ -199,7 +216,7 @@ def scale_by_inf_moment(
         return MomentsState(
             count=jnp.zeros([], jnp.int32),
             mu=_state_zeros(params, mu_dtype),
-            nu=_state_zeros(params, nu_dtype, real=True),
+            nu=_state_zeros(params, nu_dtype, real=True, signed=False),
         )
 
     def update(updates, state, params=None):
@@ -209,18 +226,19 @@ def scale_by_inf_moment(
         grads = jax.tree.map(lambda g: jnp.asarray(g).astype(compute_dtype(g)), grads)
         mu = jax.tree.map(lambda g, m: _ema(b1, m, g, g.dtype), grads, state.mu)
         nu = jax.tree.map(
-            lambda g, u: jnp.maximum(b2 * u.astype(real_dtype(g.dtype)), jnp.abs(g)),
+            lambda g, u: jnp.maximum(b2 * quantize.read(u, real_dtype(g.dtype)), jnp.abs(g)),
             grads,
             state.nu,
         )
         new_state = MomentsState(
             count=count,
-            mu=jax.tree.map(lambda m, old: m.astype(old.dtype), mu, state.mu),
-            nu=jax.tree.map(lambda u, old: u.astype(old.dtype), nu, state.nu),
+            mu=jax.tree.map(quantize.write, mu, state.mu),
+            nu=jax.tree.map(quantize.write, nu, state.nu),
         )
         return _moments_out(mu, nu, count, "inf_norm", b1, b2, grads), new_state
 
-    spec = Spec(fn, {"b1": b1, "b2": b2}, {"state_dtype": state_dtype}, scale_by_inf_moment)
+    storage = {"mu_dtype": mu_dtype, "nu_dtype": nu_dtype}
+    spec = Spec(fn, {"b1": b1, "b2": b2}, storage, scale_by_inf_moment)
     return Primitive(init, update, spec)
 
 

@@ -265,6 +265,19 @@ def zero1_spec(
     return PartitionSpec(*entries)
 
 
+def _quantized_block_axes(state_like: PyTree) -> list[int | None]:
+    """Per leaf of ``state_like``: the block count if it belongs to a quantized moment."""
+    from adamjax.quantize import QuantizedArray
+
+    out: list[int | None] = []
+    for node in jax.tree.leaves(state_like, is_leaf=lambda x: isinstance(x, QuantizedArray)):
+        if isinstance(node, QuantizedArray):  # flattens to (codes, scales)
+            out += [int(jnp.shape(node.scales)[0])] * 2
+        else:
+            out.append(None)
+    return out
+
+
 def zero1(
     opt: optax.GradientTransformation,
     mesh: Mesh,
@@ -332,6 +345,11 @@ def zero1(
         sharded_leaves = jax.tree.leaves(sharded)
         matches = _match_params(state_like, params_like)
         out = [replicated if i is None else sharded_leaves[i] for i in matches]
+        # 8-bit moments (adamjax.quantize) are split along their block axis: whole blocks,
+        # each with its own scale, per device.
+        for k, blocks in enumerate(_quantized_block_axes(state_like)):
+            if blocks is not None and blocks % mesh.shape[axis] == 0:
+                out[k] = NamedSharding(mesh, PartitionSpec(axis))
         return jax.tree.unflatten(jax.tree.structure(state_like), out)
 
     def init(params: PyTree) -> PyTree:
