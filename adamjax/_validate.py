@@ -110,10 +110,23 @@ def check_bool(fn: str, name: str, value: Any) -> None:
         )
 
 
-def check_dtype(fn: str, name: str, value: Any) -> None:
-    """A storage dtype: ``None`` or something ``jnp.dtype`` accepts that is inexact."""
+def check_dtype(fn: str, name: str, value: Any, *, allow_int8: bool = False) -> None:
+    """A storage dtype: ``None`` or something ``jnp.dtype`` accepts that is inexact.
+
+    ``allow_int8``: the moment estimators also take ``"int8"``, 8-bit block-wise storage
+    (:mod:`adamjax.quantize`).
+    """
     if value is None:
         return
+    if isinstance(value, str) and value == "int8":
+        if allow_int8:
+            return
+        raise TypeError(
+            f"{fn}: {name}='int8' (8-bit block-wise moments) is a storage format of the "
+            "moment estimators (scale_by_moments, scale_by_inf_moment: adam, adamw, adamax, "
+            "rmsprop); this state is stored in floating point: pass None, jnp.float32 or "
+            "jnp.bfloat16."
+        )
     try:
         dtype = jnp.dtype(value)
     except TypeError as err:

@@ -146,8 +146,8 @@ def scale_by_moments(
     )
     _validate.check_nonnegative(fn, "nu_init", nu_init)
     mu_dtype, nu_dtype = _pick(mu_dtype, state_dtype), _pick(nu_dtype, state_dtype)
-    _validate.check_dtype(fn, "mu_dtype", mu_dtype)
-    _validate.check_dtype(fn, "nu_dtype", nu_dtype)
+    _validate.check_dtype(fn, "mu_dtype", mu_dtype, allow_int8=True)
+    _validate.check_dtype(fn, "nu_dtype", nu_dtype, allow_int8=True)
     store_mu = not (_is_zero(b1) and _is_one(b1_decay))
 
     def init(params):
@@ -209,8 +209,8 @@ def scale_by_inf_moment(
     _validate.check_beta(fn, "b1", b1)
     _validate.check_beta(fn, "b2", b2)
     mu_dtype, nu_dtype = _pick(mu_dtype, state_dtype), _pick(nu_dtype, state_dtype)
-    _validate.check_dtype(fn, "mu_dtype", mu_dtype)
-    _validate.check_dtype(fn, "nu_dtype", nu_dtype)
+    _validate.check_dtype(fn, "mu_dtype", mu_dtype, allow_int8=True)
+    _validate.check_dtype(fn, "nu_dtype", nu_dtype, allow_int8=True)
 
     def init(params):
         return MomentsState(

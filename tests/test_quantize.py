@@ -216,7 +216,7 @@ def test_int8_state_checkpoints_with_orbax(tmp_path):
 def test_int8_is_refused_where_state_is_not_a_moment():
     with pytest.raises(TypeError, match="int8"):
         adamjax.sgd(0.1, momentum=0.9, state_dtype="int8").init(_params())
-    with pytest.raises(TypeError, match="not a floating-point dtype"):
+    with pytest.raises(TypeError, match="floating"):
         adamjax.adam(0.1, state_dtype=jnp.int32).init(_params())
     with pytest.raises(TypeError, match="complex"):
         adamjax.adam(0.1, state_dtype="int8").init({"z": jnp.zeros(5000, jnp.complex64)})
