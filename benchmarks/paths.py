@@ -8,7 +8,8 @@ One donated, jitted step per case, timed with the interleaved timer:
   and :class:`adamjax.flax.Optimizer`;
 - on the paper's MNIST MLP train step (784-1000-1000-10, batch 128, forward + backward +
   Adam) through Flax's ``TrainState`` with ``optax.adam`` (reference) and with
-  ``adamjax.adam``, and :class:`adamjax.flax.TrainState`.
+  ``adamjax.adam``, and :class:`adamjax.flax.TrainState` (and, for comparison, the same step
+  on raw ``(params, opt_state)`` through ``adamjax.apply_gradients``).
 
 Flax's classes step as ``tx.update`` + ``optax.apply_updates``; adamjax's as
 ``adamjax.apply_gradients`` (for ``adamjax.adam`` on the CPU: one native pass). The nnx steps
@@ -110,6 +111,18 @@ def mlp_cases() -> dict[str, Any]:
     for name, (cls, tx) in configs.items():
         state = cls.create(apply_fn=model.apply, params=jax.tree.map(jnp.copy, params0), tx=tx)
         cases[name] = Stepper(jitted, (state,), x, y, inner=device.inner_steps())
+
+    # The same step on raw (params, opt_state), as benchmarks/train.py times it: what the
+    # TrainState adds on top (a step counter) should cost nothing.
+    def raw_step(p, st, x, y):
+        g = jax.grad(lambda p: train._loss(model, p, x, y))(p)
+        return adamjax.apply_gradients(tx, g, st, p)
+
+    tx = adamjax.adam(LR)
+    p = jax.tree.map(jnp.copy, params0)
+    cases["adamjax_apply_gradients_raw"] = Stepper(
+        jax.jit(raw_step, donate_argnums=(0, 1)), (p, tx.init(p)), x, y, inner=device.inner_steps()
+    )
     return cases
 
 
@@ -160,7 +173,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=21)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000_000, 50_000_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000_000, 50_000_000])
     args = ap.parse_args()
     print(f"backend {jax.default_backend()}, native kernel: {adamjax.native_available()}")
     for group, case, s, ratio, what in rows(run(args.sizes, args.repeats)):
