@@ -463,3 +463,9 @@ def test_single_element_leaf_within_rounding():
     _assert_same_bits(ours.opt_state, theirs.opt_state)
     for a, b, bd in zip(*map(jax.tree.leaves, (ours.params, theirs.params, bound)), strict=True):
         assert np.all(np.abs(np.float64(a) - np.float64(b)) <= bd), (a, b, bd)
+
+
+def test_nnx_optimizer_explains_a_too_old_flax(monkeypatch):
+    monkeypatch.setattr(flax, "__version__", "0.10.7")
+    with pytest.raises(RuntimeError, match=r"flax >= 0\.11.*0\.10\.7"):
+        adamjax.flax.Optimizer(_NnxMLP(nnx.Rngs(0)), adamjax.adam(0.01), wrt=nnx.Param)
