@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import flax
 import jax
 from flax import nnx
 from flax.linen.fp8_ops import OVERWRITE_WITH_GRADIENT
@@ -143,6 +144,16 @@ class Optimizer(nnx.Optimizer):
         loss = train_step(model, optimizer, x, y)
     """
 
+    def __init__(self, model: Any, tx: Any, **kwargs: Any):
+        version = tuple(int(x) for x in flax.__version__.split(".")[:2] if x.isdigit())
+        if version < (0, 11):
+            raise RuntimeError(
+                f"adamjax.flax.Optimizer needs flax >= 0.11 (nnx.Optimizer.update(model, "
+                f"grads)); this is flax {flax.__version__}. Upgrade flax (pip install -U flax), "
+                "or use adamjax.flax.TrainState."
+            )
+        super().__init__(model, tx, **kwargs)
+
     def update(self, model: Any, grads: Any, /, **kwargs: Any) -> Any:
         """Step the variables of ``model`` selected by ``wrt`` with the gradients ``grads``.
 
@@ -161,11 +172,14 @@ class Optimizer(nnx.Optimizer):
         """
         if kwargs:
             return super().update(model, grads, **kwargs)
-        params = nnx.as_pure(nnx.state(model, self.wrt, graph=self.graph))
-        pure_grads = nnx.as_pure(nnx.state(grads, self.wrt, graph=self.graph))
+        # flax 0.12 added tree mode (``graph=False``); before, there is no such argument
+        graph = getattr(self, "graph", None)
+        mode = {} if graph is None else {"graph": graph}
+        params = nnx.as_pure(nnx.state(model, self.wrt, **mode))
+        pure_grads = nnx.as_pure(nnx.state(grads, self.wrt, **mode))
         opt_state = nnx.as_pure(self.opt_state)
         new_params, new_opt_state = apply_gradients(self.tx, pure_grads, opt_state, params)
         nnx.update(model, new_params)
-        nnx.update(self.opt_state, nnx.state(new_opt_state, graph=self.graph))
+        nnx.update(self.opt_state, nnx.state(new_opt_state, **mode))
         self.step[...] += 1
         return jax.tree.map(lambda new, old: new - old, new_params, params)
