@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from benchmarks import device, kernels, train, trees
+from benchmarks import device, kernels, paths, train, trees
 
 BPP = kernels.BYTES_PER_PARAM
 
@@ -162,6 +162,11 @@ def main(argv=None) -> int:
         row(
             "MNIST MLP train step", name, _ms(s), ratio, "784-1000-1000-10, batch 128, fwd+bwd+Adam"
         )
+
+    # 3b. The step through Flax's train states and adamjax.flax's (benchmarks/paths.py)
+    results["flax_paths"] = paths.run(sizes[1:], repeats=7 if quick else 21)
+    for group, case, s, ratio, what in paths.rows(results["flax_paths"]):
+        row(group, case, _ms(s), ratio, what)
 
     # 4. Learning-rate grid -----------------------------------------------------------------
     grid = train.run_grid(points=16, steps=100 if quick else 200, repeats=3 if quick else 7)

@@ -59,7 +59,10 @@ def make_train_step(task: Task, optimizer: str, schedule: str) -> Callable:
         x, y = batch
         loss, grads = jax.value_and_grad(task.cost)(state.params, x, y, rng, True)
         tx = optimizers.build(optimizer, hp, schedule)
-        # update + apply_updates, or the fused native CPU kernel where it applies (same result)
+        # update + apply_updates, or the fused native CPU kernel where it applies (same result):
+        # the step adamjax.flax.TrainState takes. That class is not used here because ``tx``
+        # is rebuilt inside the vmapped step from each config's traced hyperparameters, while
+        # a Flax TrainState holds ``tx`` as a static field fixed outside jit and vmap.
         params, opt_state = adamjax.apply_gradients(tx, grads, state.opt_state, state.params)
         return TrainState(params, opt_state, state.step + 1), loss
 

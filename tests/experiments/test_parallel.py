@@ -362,3 +362,43 @@ def _case_cli_devices_4_matches_1():
 
 def test_cli_devices_4_gives_the_single_device_training_loss(data_dir):
     print(on_devices("_case_cli_devices_4_matches_1", devices=4))
+
+
+def test_parallel_quick_run_equals_a_plain_optax_loop(data_dir):
+    """``python -m experiments.parallel`` (adamjax.flax.TrainState, one device) gives the
+    per-epoch mean training loss of a plain loop written here with ``optax.adam`` and the
+    same model, initialization and shuffles, exactly: the forward and backward passes are the
+    same operations, and the fused Adam step equals update + apply_updates bit for bit on
+    leaves of two elements or more (here all: the biases have ``hidden`` and 10)."""
+    from experiments import data, models
+
+    examples, hidden, epochs, bs = 512, 32, 2, 128
+    argv = ["--examples", str(examples), "--hidden", str(hidden), "--epochs", str(epochs)]
+    out = parallel.main([*argv, "--data-dir", str(data_dir)])
+
+    images, labels = data.load("mnist", "train", str(data_dir))
+    x = jnp.asarray(images[:examples].reshape(examples, -1))
+    y = jnp.asarray(labels[:examples].astype(np.int32))
+    model = models.MLP(hidden=hidden)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
+    opt = optax.adam(1e-3)
+    state = (params, opt.init(params))
+
+    def loss_fn(p, xb, yb):
+        logits = model.apply({"params": p}, xb.astype(jnp.float32) / 255.0)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    @jax.jit
+    def epoch(state, key):
+        def body(state, idx):
+            p, s = state
+            loss, g = jax.value_and_grad(loss_fn)(p, x[idx], y[idx])
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), loss
+
+        perm = jax.random.permutation(key, examples).reshape(-1, bs)
+        return jax.lax.scan(body, state, perm)
+
+    for e in range(epochs):
+        state, losses = epoch(state, jax.random.key(e))
+        assert out[f"epoch{e + 1}_loss"] == float(jnp.mean(losses))
