@@ -75,6 +75,22 @@ def adam(
         uses the fused native CPU kernel (:mod:`adamjax.native`) on CPU where it gives the
         same results bit for bit, pure JAX elsewhere; ``"jax"`` or ``"native"`` force one.
         ``update`` itself is always the composed pure-JAX chain.
+
+    Examples:
+      Adam's first step is :math:`-\alpha\,\mathrm{sign}(g)` whatever the gradient's scale
+      (:math:`\hat m_1 = g_1`, :math:`\sqrt{\hat v_1} = |g_1|`), up to :math:`\epsilon`:
+
+      >>> import jax.numpy as jnp
+      >>> import adamjax
+      >>> opt = adamjax.adam(0.1)
+      >>> params = {"w": jnp.array([1.0, 2.0, 3.0])}
+      >>> state = opt.init(params)
+      >>> grads = {"w": jnp.array([0.5, -20.0, 0.01])}
+      >>> updates, state = opt.update(grads, state, params)
+      >>> bool(jnp.allclose(updates["w"], -0.1 * jnp.sign(grads["w"]), rtol=1e-5))
+      True
+      >>> int(state[0].count)
+      1
     """
     _validate.check_learning_rate("adam", learning_rate)
     if layout not in ("tree", "flat"):

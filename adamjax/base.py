@@ -159,6 +159,31 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
 
     Identical to :func:`optax.chain` (re-exported so that code can import only adamjax).
     ``adamjax.adam`` is ``chain(scale_by_moments, bias_correct, precondition, scale_by_lr)``.
+
+    Examples:
+      Algorithm 1 written out, one primitive per line; its first step is
+      :math:`-\alpha\,\mathrm{sign}(g)`:
+
+      >>> import jax.numpy as jnp
+      >>> import adamjax
+      >>> by_hand = adamjax.chain(
+      ...     adamjax.scale_by_moments(0.9, 0.999),
+      ...     adamjax.bias_correct(0.9, 0.999),
+      ...     adamjax.precondition(1e-8),
+      ...     adamjax.scale_by_lr(0.1),
+      ... )
+      >>> g = jnp.array([0.5, -2.0])
+      >>> updates, _ = by_hand.update(g, by_hand.init(g))
+      >>> bool(jnp.allclose(updates, -0.1 * jnp.sign(g), rtol=1e-5))
+      True
+
+      A composition that cannot work fails when it is traced, and says what to do:
+
+      >>> bad = adamjax.chain(adamjax.precondition(1e-8), adamjax.scale_by_lr(0.1))
+      >>> bad.update(g, bad.init(g))
+      Traceback (most recent call last):
+      ...
+      adamjax.base.CompositionError: precondition expected the Moments produced by an earlier primitive, ... Put scale_by_moments (and optionally bias_correct) before precondition.
     """
     return optax.chain(*transforms)
 

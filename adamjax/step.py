@@ -67,6 +67,22 @@ def apply_gradients(
     Uses ``opt``'s fused apply when it has one (see the module docstring), else
     ``opt.update`` and :func:`adamjax.apply_updates`. Call it inside ``jax.jit`` with the
     parameters and state donated (``donate_argnums``) so the step runs in place.
+
+    Examples:
+      One Adam step, jitted with parameters and state donated; the first step moves each
+      parameter by :math:`\alpha` against its gradient's sign:
+
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import adamjax
+      >>> opt = adamjax.adam(0.1)
+      >>> step = jax.jit(
+      ...     lambda p, s, g: adamjax.apply_gradients(opt, g, s, p), donate_argnums=(0, 1)
+      ... )
+      >>> params = {"w": jnp.array([1.0, 2.0])}
+      >>> params, state = step(params, opt.init(params), {"w": jnp.array([3.0, -4.0])})
+      >>> bool(jnp.allclose(params["w"], jnp.array([0.9, 2.1]), rtol=1e-5))
+      True
     """
     fused = fused_apply_of(opt)
     if fused is not None:
