@@ -155,7 +155,7 @@ def abs_sq(g: jax.Array) -> jax.Array:
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArgs:
-    """Compose transformations left to right: the output of one is the input of the next.
+    r"""Compose transformations left to right: the output of one is the input of the next.
 
     Identical to :func:`optax.chain` (re-exported so that code can import only adamjax).
     ``adamjax.adam`` is ``chain(scale_by_moments, bias_correct, precondition, scale_by_lr)``.
@@ -183,7 +183,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
       >>> bad.update(g, bad.init(g))
       Traceback (most recent call last):
       ...
-      adamjax.base.CompositionError: precondition expected the Moments produced by an earlier primitive, ... Put scale_by_moments (and optionally bias_correct) before precondition.
+      adamjax.base.CompositionError: precondition expected the Moments ... before precondition.
     """
     return optax.chain(*transforms)
 

@@ -62,7 +62,7 @@ def fused_apply_of(opt: GradientTransformation) -> FusedApply | None:
 def apply_gradients(
     opt: GradientTransformation, grads: Any, opt_state: Any, params: Any
 ) -> tuple[Any, Any]:
-    """One step: ``(new_params, new_opt_state)`` from the gradients.
+    r"""One step: ``(new_params, new_opt_state)`` from the gradients.
 
     Uses ``opt``'s fused apply when it has one (see the module docstring), else
     ``opt.update`` and :func:`adamjax.apply_updates`. Call it inside ``jax.jit`` with the
