@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -32,7 +33,11 @@ def data_required() -> bool:
 
 def missing(why: str) -> NoReturn:
     """Skip (or, under ``ADAMJAX_REQUIRE_DATA=1``, fail) a test that needs the real MNIST."""
-    message = f"real MNIST not available: {why}\nTo run this test: {HOW_TO}."
+    pattern = r"\band (downloading is switched off|the download failed .*?)\. Put"
+    reason = re.search(pattern, why, re.S)
+    why = why.splitlines()[0].removesuffix("; looked in:")
+    why += f" ({reason.group(1)})" if reason else ""
+    message = f"real MNIST not available: {why}. To run this test: {HOW_TO}."
     if data_required():
         pytest.fail(message + " (ADAMJAX_REQUIRE_DATA=1: failing instead of skipping)", False)
     pytest.skip(message)
