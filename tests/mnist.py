@@ -22,7 +22,8 @@ import pytest
 HOW_TO = (
     "set ADAMJAX_DATA_DIR to a folder holding mnist/ with the four official IDX files "
     "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-    "t10k-labels-idx1-ubyte.gz), or let the tests download them (unset ADAMJAX_NO_DOWNLOAD)"
+    "t10k-labels-idx1-ubyte.gz), or let the tests download them (needs network access and "
+    "ADAMJAX_NO_DOWNLOAD unset)"
 )
 
 
