@@ -2,14 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The data-dir setting: where <dir>/mnist/*.gz live (the layout of ../shared/data).
-ADAMJAX_DATA_DIR ?= $(abspath ../shared/data)
-export ADAMJAX_DATA_DIR
+# The data-dir setting: where <dir>/mnist/*.gz live. Taken from the environment; otherwise
+# ../shared/data when that folder exists. Without it, the data is downloaded into the cache
+# (~/.cache/adamjax) where the network allows, and tests that need it are skipped otherwise.
+ifeq ($(origin ADAMJAX_DATA_DIR),undefined)
+  ifneq ($(wildcard ../shared/data/.),)
+    ADAMJAX_DATA_DIR := $(abspath ../shared/data)
+    export ADAMJAX_DATA_DIR
+  endif
+endif
 OUT ?= runs
 # PyTorch (the CPU wheel this machine class holds) is an extra reference in tests and benchmarks.
 EXTRAS ?= all,torch
 
-.PHONY: install test lint reproduce reproduce-all bench clean
+.PHONY: install test lint docs reproduce reproduce-all bench clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +33,11 @@ lint: install
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy adamjax experiments benchmarks
 
+# The API reference from the docstrings (Sphinx); any warning fails the build.
+docs: install
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
+
 reproduce: install
 	$(PY) -m experiments fig1_logreg --quick --out $(OUT)/fig1_logreg
 
@@ -38,4 +49,4 @@ bench: install
 	$(PY) -m benchmarks --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache docs/_build

@@ -90,6 +90,22 @@ def adam(
 
     The updates are returned in the gradients' dtype (Optax's contract; the math runs in
     float32, see :func:`adamjax.gradient_dtype.keep_gradient_dtype`).
+
+    Examples:
+      Adam's first step is :math:`-\alpha\,\mathrm{sign}(g)` whatever the gradient's scale
+      (:math:`\hat m_1 = g_1`, :math:`\sqrt{\hat v_1} = |g_1|`), up to :math:`\epsilon`:
+
+      >>> import jax.numpy as jnp
+      >>> import adamjax
+      >>> opt = adamjax.adam(0.1)
+      >>> params = {"w": jnp.array([1.0, 2.0, 3.0])}
+      >>> state = opt.init(params)
+      >>> grads = {"w": jnp.array([0.5, -20.0, 0.01])}
+      >>> updates, state = opt.update(grads, state, params)
+      >>> bool(jnp.allclose(updates["w"], -0.1 * jnp.sign(grads["w"]), rtol=1e-5))
+      True
+      >>> int(state[0].count)
+      1
     """
     _validate.check_learning_rate("adam", learning_rate)
     _validate.check_bool("adam", "nesterov", nesterov)

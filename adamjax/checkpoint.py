@@ -5,12 +5,12 @@ was written from; each process writes the shards it owns. Restoring takes a *tar
 a tree with the structure of the saved one whose leaves say the shape, dtype and sharding
 wanted now. That is what makes a state written on 8 devices (ZeRO-1 moments split 8 ways)
 restore onto 4 devices (split 4 ways) or onto 1: Orbax reads, on each device, only the
-slice that device's new shard covers.
+slice that device's new shard covers (an outline; tests/test_sharding.py runs it)::
 
->>> state = zopt.init(params)                              # on 8 devices
->>> checkpoint.save("/ckpt/step_100", {"params": params, "opt": state})
->>> like = {"params": params4, "opt": zopt4.init(params4)}  # later, on 4 devices
->>> restored = checkpoint.restore("/ckpt/step_100", like)   # laid out like `like`
+    state = zopt.init(params)                              # on 8 devices
+    checkpoint.save("/ckpt/step_100", {"params": params, "opt": state})
+    like = {"params": params4, "opt": zopt4.init(params4)}  # later, on 4 devices
+    restored = checkpoint.restore("/ckpt/step_100", like)   # laid out like `like`
 
 Orbax is an optional dependency (``pip install orbax-checkpoint``, in the ``experiments``
 extra); it is imported when one of these functions is called.

@@ -115,7 +115,7 @@ def layout_of(tree: Any) -> FlatLayout:
     """The :class:`FlatLayout` of ``tree``: leaves grouped by dtype, in tree order.
 
     Only shapes and dtypes are read, so ``tree`` may hold tracers or
-    ``jax.ShapeDtypeStruct``s.
+    ``jax.ShapeDtypeStruct`` values.
     """
     leaves, treedef = jax.tree.flatten(tree)
     offsets: dict[str, int] = {}

@@ -5,9 +5,10 @@ an array of length ``N`` (one entry per grid point) and the training function is
 those arrays. This module does the bookkeeping around that, and nothing else (no Flax, no
 training code):
 
+>>> from adamjax.grid import expand
 >>> g = expand({"learning_rate": [1e-3, 1e-2], "b1": [0.0, 0.9]})
->>> len(g), g.arrays()["b1"].tolist()
-(4, [0.0, 0.9, 0.0, 0.9])
+>>> len(g), g.arrays()["b1"]
+(4, array([0. , 0.9, 0. , 0.9], dtype=float32))
 >>> g.label(3)
 {'learning_rate': 0.01, 'b1': 0.9}
 >>> [c.indices for c in g.chunks(max_size=3)]

@@ -61,7 +61,7 @@ _ALGO = {"scale_by_moments": "adam", "scale_by_inf_moment": "adamax"}
 
 
 def chain(*transforms: Any, implementation: str = "auto") -> GradientTransformationExtraArgs:
-    """Compose transformations left to right, like :func:`optax.chain` (same state).
+    r"""Compose transformations left to right, like :func:`optax.chain` (same state).
 
     ``adamjax.adam`` is ``chain(scale_by_moments, bias_correct, precondition,
     scale_by_lr)``. When the parts are exactly such a chain of adamjax primitives (Adam's
@@ -82,6 +82,31 @@ def chain(*transforms: Any, implementation: str = "auto") -> GradientTransformat
     Returns:
       An ``optax.GradientTransformationExtraArgs`` (a
       :class:`adamjax.step.FusedTransformation` when lowered).
+
+    Examples:
+      Algorithm 1 written out, one primitive per line; its first step is
+      :math:`-\alpha\,\mathrm{sign}(g)`:
+
+      >>> import jax.numpy as jnp
+      >>> import adamjax
+      >>> by_hand = adamjax.chain(
+      ...     adamjax.scale_by_moments(0.9, 0.999),
+      ...     adamjax.bias_correct(),
+      ...     adamjax.precondition(1e-8),
+      ...     adamjax.scale_by_lr(0.1),
+      ... )
+      >>> g = jnp.array([0.5, -2.0])
+      >>> updates, _ = by_hand.update(g, by_hand.init(g))
+      >>> bool(jnp.allclose(updates, -0.1 * jnp.sign(g), rtol=1e-5))
+      True
+
+      A composition that cannot work fails when it is traced, and says what to do:
+
+      >>> bad = adamjax.chain(adamjax.precondition(1e-8), adamjax.scale_by_lr(0.1))
+      >>> bad.update(g, bad.init(g))
+      Traceback (most recent call last):
+      ...
+      adamjax.base.CompositionError: precondition expected the Moments ... before precondition.
     """
     if implementation not in _IMPLEMENTATIONS:
         raise ValueError(

@@ -69,15 +69,31 @@ class FusedTransformation(GradientTransformationExtraArgs):
 def apply_gradients(
     opt: GradientTransformation, grads: Any, opt_state: Any, params: Any
 ) -> tuple[Any, Any]:
-    """One step: ``(new_params, new_opt_state)`` from the gradients.
+    r"""One step: ``(new_params, new_opt_state)`` from the gradients.
 
-    .. math:: (u_t, s_t) = \\mathrm{update}(g_t, s_{t-1}, \\theta_{t-1}), \\quad
-        \\theta_t = \\theta_{t-1} + u_t
+    .. math:: (u_t, s_t) = \mathrm{update}(g_t, s_{t-1}, \theta_{t-1}), \quad
+        \theta_t = \theta_{t-1} + u_t
 
     Uses ``opt.fused_apply`` when ``opt`` is a :class:`FusedTransformation` that has one
     (see the module docstring), else ``opt.update`` and :func:`adamjax.apply_updates`.
     Call it inside ``jax.jit`` with the parameters and state donated (``donate_argnums``)
     so that the step runs in place.
+
+    Examples:
+      One Adam step, jitted with parameters and state donated; the first step moves each
+      parameter by :math:`\alpha` against its gradient's sign:
+
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import adamjax
+      >>> opt = adamjax.adam(0.1)
+      >>> step = jax.jit(
+      ...     lambda p, s, g: adamjax.apply_gradients(opt, g, s, p), donate_argnums=(0, 1)
+      ... )
+      >>> params = {"w": jnp.array([1.0, 2.0])}
+      >>> params, state = step(params, opt.init(params), {"w": jnp.array([3.0, -4.0])})
+      >>> bool(jnp.allclose(params["w"], jnp.array([0.9, 2.1]), rtol=1e-5))
+      True
     """
     fused = opt.fused_apply if isinstance(opt, FusedTransformation) else None
     if fused is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +10,7 @@ import optax
 import pytest
 
 import adamjax
-from tests.helpers import assert_tree_close, gradient_sequence, random_tree
+from tests.helpers import gradient_sequence, random_tree
 
 STEPS = 200
 
@@ -56,7 +57,7 @@ def test_matches_optax(name, ours, theirs):
         grads = gradient_sequence(rng, params, STEPS, np.float64)
         got = _run_optax_style(ours, params, grads, adamjax.apply_updates)
         want = _run_optax_style(theirs, params, grads, optax.apply_updates)
-        assert_tree_close(got, want, rtol=1e-9, atol=1e-11)
+        chex.assert_trees_all_close(got, want, rtol=1e-9, atol=1e-11)
 
 
 def test_rmsprop_eps_placement_differs_from_torch_style():

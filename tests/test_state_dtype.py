@@ -2,18 +2,14 @@
 
 The paper's MNIST MLP (Sec. 6.2; two hidden ReLU layers, here 256 wide instead of 1000 to
 keep the test short) trained with Adam (lr 1e-3, batch 128) for 400 steps on real MNIST when
-it is present (``$ADAMJAX_DATA_DIR``, default ``../shared/data`` from the repository root),
-else on a synthetic MNIST-shaped task. Stated tolerance: the final training-set loss with
+it is present (``$ADAMJAX_DATA_DIR`` or the cache: tests/mnist.py), else on a synthetic
+MNIST-shaped task. Stated tolerance: the final training-set loss with
 bfloat16 moments is within 10% (relative; or 0.01 absolute if larger) of the float32-state
 loss, and both are below a quarter of the initial loss. The moments take half the bytes.
 (Seen on real MNIST: 0.0122 with float32 moments, 0.0127 with bfloat16.)
 """
 
 from __future__ import annotations
-
-import gzip
-import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,36 +18,26 @@ import pytest
 
 import adamjax
 from adamjax.step import apply_gradients
+from tests import mnist
 
-ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN = 4096
 STEPS = 400
 BATCH = 128
 REL_TOL = 0.10
 
 
-def _read_idx(path: Path, offset: int, count: int, item: int) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        f.read(offset)
-        return np.frombuffer(f.read(count * item), np.uint8)
+def class_templates(n: int):
+    """Synthetic MNIST-shaped task: ten random class templates plus noise, clipped to [0, 1]."""
+    rng = np.random.default_rng(0)
+    centers = rng.random((10, 784), dtype=np.float32)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    x = np.clip(centers[y] + 0.5 * rng.standard_normal((n, 784)).astype(np.float32), 0, 1)
+    return x, y
 
 
 def mnist_subset():
-    """(x, y, source): N_TRAIN training images in [0, 1] and labels."""
-    data_dir = Path(os.environ.get("ADAMJAX_DATA_DIR", ROOT.parent / "shared" / "data")) / "mnist"
-    images, labels = (
-        data_dir / "train-images-idx3-ubyte.gz",
-        data_dir / "train-labels-idx1-ubyte.gz",
-    )
-    if images.is_file() and labels.is_file():
-        x = _read_idx(images, 16, N_TRAIN, 784).reshape(N_TRAIN, 784).astype(np.float32) / 255
-        y = _read_idx(labels, 8, N_TRAIN, 1).astype(np.int32)
-        return x, y, "mnist"
-    rng = np.random.default_rng(0)
-    centers = rng.random((10, 784), dtype=np.float32)
-    y = rng.integers(0, 10, N_TRAIN).astype(np.int32)
-    x = np.clip(centers[y] + 0.5 * rng.standard_normal((N_TRAIN, 784)).astype(np.float32), 0, 1)
-    return x, y, "synthetic"
+    """(x, y, source): N_TRAIN training images in [0, 1] and labels (tests/mnist.py)."""
+    return mnist.train_subset(N_TRAIN, class_templates)
 
 
 def init_mlp(key, sizes=(784, 256, 256, 10)):

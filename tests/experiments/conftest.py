@@ -1,23 +1,13 @@
-"""Fixtures: the real MNIST from $ADAMJAX_DATA_DIR (or ../shared/data), tiny device datasets."""
+"""Fixtures: the real MNIST (found, downloaded, or the test skipped: tests/mnist.py), tiny
+device datasets, an isolated data dir."""
 
-import os
 from pathlib import Path
 
 import pytest
 
+from tests import mnist
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def real_data_dir() -> Path:
-    env = os.environ.get("ADAMJAX_DATA_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    if not (path / "mnist").is_dir():
-        pytest.fail(
-            f"real MNIST not found in {path / 'mnist'}: set ADAMJAX_DATA_DIR to a folder holding "
-            "mnist/ with the four official IDX files (CI uses ../shared/data)",
-            pytrace=False,
-        )
-    return path
 
 
 @pytest.fixture
@@ -31,7 +21,8 @@ def isolated(monkeypatch, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    return real_data_dir()
+    """The folder holding mnist/; skips (or under ADAMJAX_REQUIRE_DATA=1 fails) without it."""
+    return mnist.data_dir()
 
 
 @pytest.fixture(scope="session")

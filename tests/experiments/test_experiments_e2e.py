@@ -1,7 +1,9 @@
 """Every shipped experiment end to end on the real MNIST, shrunk to a tiny setting."""
 
 import dataclasses
+import itertools
 import json
+import math
 
 import pytest
 
@@ -48,11 +50,16 @@ def test_experiment_end_to_end(name, tmp_path, data_dir):
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     if name == "fig4_bias_correction":
         adam = saved["variants"]["main"]["adam"]
+        # The whole 2 x 2 x 3 x 5 grid of the config, each combination exactly once.
+        axes = {k: v for k, v in cfg.optimizers["adam"].items() if isinstance(v, list)}
         assert (
-            len(adam["grid"]) == 60
-            and adam["swept"] == ["learning_rate", "b1", "b2", "bias_correction"]
-            or len(adam["swept"]) == 4
+            sorted(adam["swept"])
+            == sorted(axes)
+            == ["b1", "b2", "bias_correction", "learning_rate"]
         )
+        assert len(adam["grid"]) == 60 == math.prod(len(v) for v in axes.values())
+        seen = {tuple(p["hparams"][k] for k in sorted(axes)) for p in adam["grid"]}
+        assert seen == set(itertools.product(*(axes[k] for k in sorted(axes))))
         assert all("train_loss_epoch_1" in p for p in adam["grid"])
         assert pngs == [f"{name}_epoch1.png", f"{name}_epoch2.png"]
         # some large-alpha configs must blow up, and they must not spoil the small-alpha ones
