@@ -172,6 +172,10 @@ USER_PATHS = {
         "update",
         adamjax.adam(LR, implementation="jax"),
     ),
+    "adamjax.adam(implementation='native') update+apply": lambda: (
+        "update",
+        adamjax.adam(LR, implementation="native"),
+    ),
 }
 
 

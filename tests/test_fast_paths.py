@@ -436,3 +436,24 @@ def test_auto_update_is_the_chain_and_apply_gradients_the_kernel():
     g = grads_at(params, 0)
     assert not uses_kernel(opt.update, g, st, params)
     assert uses_kernel(lambda *a: adamjax.apply_gradients(opt, *a), g, st, params)
+
+
+def test_grad_through_apply_gradients_is_the_chains():
+    """The kernel's apply form is differentiable too (the rule: the chain + apply_updates),
+    e.g. for a meta-gradient of the next parameters with respect to the learning rate."""
+    params = params_tree()
+    st = run_updates(adam("jax"), params, steps=2)[2]
+    g = grads_at(params, 3)
+
+    def loss(impl):
+        def f(lr, g, p):
+            new_p, _ = adamjax.apply_gradients(adamjax.adam(lr, implementation=impl), g, st, p)
+            return sum(jnp.sum(jnp.cos(x)) for x in jax.tree.leaves(new_p))
+
+        return jax.jit(jax.grad(f, argnums=(0, 1, 2)))
+
+    got = loss("auto")(jnp.float32(1e-2), g, params)
+    assert_same(got, loss("jax")(jnp.float32(1e-2), g, params))
+    assert float(got[0]) != 0.0
+    step = jax.jit(lambda lr, g, p: adamjax.apply_gradients(adamjax.adam(lr), g, st, p))
+    assert KERNEL in step.lower(jnp.float32(1e-2), g, params).compile().as_text()
