@@ -119,13 +119,9 @@ OPTIMIZERS = {
 FUSED = {"adam", "adam_bf16_state", "adam_schedule"}
 native_on_cpu = native.native_available() and jax.default_backend() == "cpu"
 
-WRAPPED_MARK = pytest.mark.xfail(
-    strict=True,
-    reason="adamjax.apply_gradients still finds adam's fused step as a function attribute of "
-    "update, which functools.wraps copies onto the wrapper (the wrapper's halving is lost); "
-    "this passes once the fused step is a typed part of the transformation itself",
-)
-CASES = [*OPTIMIZERS, pytest.param("wraps_halved_adam", marks=WRAPPED_MARK)]
+# A functools.wraps wrapper around adam's update that halves it: the wrapper's own update
+# runs (the fused step belongs to adam's transformation object, not to its update).
+CASES = [*OPTIMIZERS, "wraps_halved_adam"]
 
 
 def _make_tx(name):
