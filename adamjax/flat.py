@@ -6,7 +6,10 @@ hundreds of leaves the compile time grows with their number and each step pays a
 cost per leaf. :func:`flat_layout` removes both: it wraps any elementwise transformation so
 that its state is held as one 1-D buffer per dtype (``{"float32": f32[n]}``), concatenates
 the gradients into those buckets, runs the wrapped ``update`` once per bucket and splits the
-updates back into the caller's tree. Results are bit-for-bit those of the tree layout.
+updates back into the caller's tree. The results are those of the tree layout, element by
+element, up to how XLA:CPU rounds one division: it computes ``x / y`` as ``x * (1 / y)`` in
+vector loops and as a true division in scalar code, so scalars and leaves shorter than a
+vector can differ by up to 2 ulp in an update (large leaves agree bit for bit).
 
 Two ways to use it:
 
@@ -155,7 +158,8 @@ def flat_layout(inner: GradientTransformation) -> GradientTransformation:
     ``init(params)`` builds ``inner``'s state over ``ravel(params)``; ``update`` concatenates
     the gradients (and parameters, when given) per dtype, calls ``inner.update`` once and
     splits the updates back into the gradients' tree. The numbers are the same as
-    ``inner``'s, bit for bit, because ``inner`` computes elementwise.
+    ``inner``'s, because ``inner`` computes elementwise (to 2 ulp on scalars and short leaves,
+    where XLA:CPU rounds a division differently; see the module docstring).
 
     The result owns a fused apply (a :class:`adamjax.step.FusedTransformation`): with
     :func:`adamjax.step.apply_gradients`, the flat updates are split and added leaf by leaf

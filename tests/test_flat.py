@@ -63,8 +63,7 @@ def assert_trees_equal(a, b, max_ulps=2):
     ulp of its input into at most two ulp of its output: an update of either layout is within
     2 ulp of the other's. An update much smaller than its parameter then moves the parameter
     to the same float, or (per step) to the neighbouring one: parameters after ``k`` steps
-    are within ``k`` ulp. (adamjax.flat's docstring promises "bit for bit"; on XLA:CPU that
-    holds for large leaves and fails by up to 2 ulp for scalars and short leaves.)
+    are within ``k`` ulp. (adamjax.flat's docstring states this bound.)
     """
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
