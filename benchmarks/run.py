@@ -87,10 +87,10 @@ def main(argv=None) -> int:
     user_sizes = [10_000_000, 50_000_000]
     if not device.on_cpu():
         user_sizes = [50_000_000, 200_000_000]
-    paths = kernels.run_user_paths(user_sizes, repeats=7 if quick else 21)
-    results["user_paths"] = paths
+    user_runs = kernels.run_user_paths(user_sizes, repeats=7 if quick else 21)
+    results["user_paths"] = user_runs
     ref = "optax.adam update+optax.apply_updates"
-    for entry in paths:
+    for entry in user_runs:
         n, t = entry["n"], entry["seconds"]
         for name, s in t.items():
             # Rows with the gradient computed in the step compare with Optax's such row.
