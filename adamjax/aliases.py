@@ -210,10 +210,16 @@ def rmsprop(
         \theta_t = \theta_{t-1} - \alpha \frac{g_t}{\sqrt{v_t + \epsilon}}
 
     The epsilon sits *inside* the square root (``optax.rmsprop``'s default
-    ``eps_in_sqrt=True`` agrees; PyTorch puts it outside). No momentum, no bias correction:
+    ``eps_in_sqrt=True`` agrees; PyTorch puts it outside). By default no momentum, no bias correction:
     it is :func:`adam`'s moments with ``b1 = 0``.
 
-    Optax's options, with Optax's meaning:
+    Args:
+      learning_rate, decay, eps: :math:`\alpha`, :math:`\rho`, :math:`\epsilon`.
+      state_dtype: storage dtype of the averages (math in float32).
+
+    The options below are Optax's, with Optax's meaning:
+
+    Keyword Args:
       initial_scale: :math:`v_0` (>= 0).
       eps_in_sqrt: ``False`` divides by :math:`\sqrt{v_t} + \epsilon` (PyTorch's form).
       centered: divide by :math:`\sqrt{v_t - \bar g_t^2 + \epsilon}` with

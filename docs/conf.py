@@ -32,6 +32,7 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
+napoleon_use_ivar = True  # "Attributes:" as fields, not objects that dataclass members repeat
 
 html_theme = "alabaster"
 html_title = f"adamjax {release}"
