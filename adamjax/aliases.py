@@ -210,8 +210,8 @@ def rmsprop(
         \theta_t = \theta_{t-1} - \alpha \frac{g_t}{\sqrt{v_t + \epsilon}}
 
     The epsilon sits *inside* the square root (``optax.rmsprop``'s default
-    ``eps_in_sqrt=True`` agrees; PyTorch puts it outside). By default no momentum, no bias correction:
-    it is :func:`adam`'s moments with ``b1 = 0``.
+    ``eps_in_sqrt=True`` agrees; PyTorch puts it outside). By default no momentum and no
+    bias correction: it is :func:`adam`'s moments with ``b1 = 0``.
 
     Args:
       learning_rate, decay, eps: :math:`\alpha`, :math:`\rho`, :math:`\epsilon`.
