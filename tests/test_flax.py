@@ -115,8 +115,9 @@ OPTIMIZERS = {
     "skip_nonfinite_adam": lambda: adamjax.skip_nonfinite(adamjax.adam(0.01)),
     "optax_adam": lambda: optax.adam(0.01),
 }
-# Transformations that are exactly adamjax.adam: the native kernel runs them on the CPU.
-FUSED = {"adam", "adam_bf16_state", "adam_schedule"}
+# Transformations that are exactly adamjax.adam or adamjax.adamax (chains adamjax.chain
+# lowers): the native kernel runs them on the CPU.
+FUSED = {"adam", "adam_bf16_state", "adam_schedule", "adamax"}
 native_on_cpu = native.native_available() and jax.default_backend() == "cpu"
 
 # A functools.wraps wrapper around adam's update that halves it: the wrapper's own update
@@ -183,9 +184,9 @@ def test_train_state_equals_flax_train_state_bit_for_bit(name):
 
 
 @pytest.mark.parametrize("name", ["adam", "adam_bf16_state", "adamax", "clip_then_adam"])
-def test_train_state_takes_the_native_kernel_exactly_for_adam(name):
+def test_train_state_takes_the_native_kernel_exactly_for_adam_and_adamax(name):
     """The comparison above is between two different programs: ours calls the native
-    kernel for adamjax.adam on the CPU, Flax's never does (and neither does any other tx)."""
+    kernel for adamjax.adam and adamjax.adamax on the CPU, Flax's never does (nor any other tx)."""
     model, params, loss_fn = _linen_setup()
     step = jax.jit(_linen_step(loss_fn))
     tx = _make_tx(name)
@@ -347,7 +348,7 @@ def test_nnx_optimizer_graph_and_tree_mode(graph):
 
 
 @pytest.mark.parametrize("name", ["adam", "adamax"])
-def test_nnx_optimizer_takes_the_native_kernel_exactly_for_adam(name):
+def test_nnx_optimizer_takes_the_native_kernel_exactly_for_adam_and_adamax(name):
     x, y = _data()
     texts = {}
     for cls in (adamjax.flax.Optimizer, nnx.Optimizer):
