@@ -51,13 +51,40 @@ def _parser() -> argparse.ArgumentParser:
         help="folder holding mnist/, fashion_mnist/, cifar10/",
     )
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    p.add_argument(
+        "--from-results",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="train nothing: re-check the claims and grid edges of the results.json in RUN_DIR "
+        "(name is then ignored), rewrite it with them and redraw the figure(s)",
+    )
     parallel.add_device_arguments(p)
     return p
+
+
+def _reannotate(run_dir: Path) -> int:
+    import json
+
+    from experiments import plots, results
+
+    path = run_dir / "results.json" if run_dir.is_dir() else run_dir
+    if not path.is_file():
+        print(f"error: no results.json at {path}; pass a run directory", file=sys.stderr)
+        return 2
+    report = results.annotate(json.loads(path.read_text()))
+    results.write(path.parent, report)
+    for png in plots.plot_report(report, path.parent):
+        print(f"wrote {png}")
+    results.print_verdicts(report)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
+    if args.from_results is not None:
+        return _reannotate(args.from_results)
     from experiments.config import ConfigError, load_config, with_dataset
     from experiments.data import DataError
     from experiments.runner import run_experiment

@@ -13,7 +13,7 @@ import numpy as np
 from adamjax.grid import Grid
 from experiments.optimizers import OPTIMIZERS
 
-__all__ = ["summarize", "write", "best_index"]
+__all__ = ["summarize", "write", "best_index", "annotate", "print_verdicts"]
 
 
 def _num(x: Any) -> float | None:
@@ -61,6 +61,38 @@ def summarize(
         else {**points[best], "iter_train_loss": [_num(v) for v in curves["iter_loss"][best]]},
         "grid": points,
     }
+
+
+def annotate(report: dict[str, Any]) -> dict[str, Any]:
+    """Add the grid-edge flags and the paper's claims to ``report`` (in place; returned).
+
+    Each optimizer entry gets ``grid_edges`` (:func:`experiments.edges.grid_edges`; for the
+    Figure 4 layout only ``learning_rate`` is checked, per panel curve), the report gets
+    ``grid_edge_warnings`` (one line per flag) and ``claims``
+    (:func:`experiments.claims.evaluate_claims`). Works on a ``results.json`` written by an
+    older run too, since both read only the per-point curves.
+    """
+    from experiments import claims, edges
+
+    check = ("learning_rate",) if report["config"].get("plot") == "bias_correction" else None
+    for per_opt in report["variants"].values():
+        for entry in per_opt.values():
+            entry["grid_edges"] = edges.grid_edges(entry, check)
+    report["grid_edge_warnings"] = edges.edge_warnings(report)
+    report["claims"] = claims.evaluate_claims(report)
+    return report
+
+
+def print_verdicts(report: dict[str, Any], log=print) -> None:
+    """Print the grid-edge warnings and each claim's PASS/FAIL line of an annotated report."""
+    from experiments import claims
+
+    for line in report.get("grid_edge_warnings", []):
+        log(f"WARNING grid edge: {line}")
+    if not report.get("grid_edge_warnings"):
+        log("grid edges: every best setting lies inside its grid")
+    for line in claims.format_claims(report.get("claims", [])):
+        log(line)
 
 
 def write(out: Path, report: dict[str, Any]) -> None:

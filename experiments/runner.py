@@ -187,6 +187,7 @@ def run_experiment(
             )
         report["variants"][variant] = per_opt
     report["wall_time_s"] = round(time.perf_counter() - t_start, 2)
+    results.annotate(report)
     results.write(out, report)
     if plot:
         from experiments import plots
@@ -194,4 +195,5 @@ def run_experiment(
         for path in plots.plot_report(report, out):
             log(f"wrote {path}")
     shutil.rmtree(out / "ckpt", ignore_errors=True)
+    results.print_verdicts(report, log)
     return report
