@@ -175,7 +175,7 @@ def _fig4(report) -> list[dict[str, Any]]:
     # (a) b2 = its largest value, the first reported epoch
     e0, b2 = epochs[0], b2s[-1]
     numbers_a: dict[str, Any] = {}
-    verdicts = []
+    verdicts: list[bool | None] = []
     for b1 in b1s:
         on, off = curve(b1, b2, True, e0), curve(b1, b2, False, e0)
         lrs = sorted(set(on) & set(off))

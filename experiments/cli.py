@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train every grid point with N seeds (parameter init, data order, dropout), "
+        "vmapped with the grid; results and figures show the mean and the spread",
+    )
+    p.add_argument(
         "--from-results",
         type=Path,
         default=None,
@@ -61,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parallel.add_device_arguments(p)
     return p
+
+
+def _report_epochs(cfg) -> tuple[int, ...]:
+    """The config's report epochs that a shortened run reaches, plus its last epoch."""
+    if not cfg.report_epochs:
+        return ()
+    kept = [e for e in cfg.report_epochs if e <= cfg.epochs]
+    return tuple(kept if cfg.epochs in kept else [*kept, cfg.epochs])
 
 
 def _reannotate(run_dir: Path) -> int:
@@ -95,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg = with_dataset(cfg, args.dataset)
         if args.epochs:
             cfg = dataclasses.replace(cfg, epochs=args.epochs)
+            cfg = dataclasses.replace(cfg, report_epochs=_report_epochs(cfg))
+        if args.seeds is not None:
+            if args.seeds < 1:
+                raise ConfigError(f"--seeds {args.seeds}: must be >= 1")
+            cfg = dataclasses.replace(cfg, seeds=args.seeds)
         out = args.out or Path("runs") / (cfg.name + ("-quick" if args.quick else ""))
         t0 = time.perf_counter()
         run_experiment(cfg, out, resume=args.resume, data_dir=args.data_dir, devices=args.devices)

@@ -52,6 +52,7 @@ class ExperimentConfig:
     dropout: float = 0.0
     input_dropout: float = 0.0
     seed: int = 0
+    seeds: int = 1
     train_subset: int = 0
     test_subset: int = 0
     eval_batch_size: int = 1000
@@ -102,6 +103,7 @@ _FIELDS: dict[str, tuple[type, Any]] = {
     "dropout": (float, _unit),
     "input_dropout": (float, _unit),
     "seed": (int, _ge(0)),
+    "seeds": (int, _ge(1)),
     "train_subset": (int, _ge(0)),
     "test_subset": (int, _ge(0)),
     "eval_batch_size": (int, _ge(1)),

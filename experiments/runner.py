@@ -142,14 +142,18 @@ def run_experiment(
             g = optimizer_grid(opt_name, hps)
             job = _job(vcfg, opt_name)
             budget = vcfg.memory_budget_mb * 2**20
+            n_seeds = vcfg.seeds
+            flat = len(g) * n_seeds  # seed-major: flat index s * len(g) + grid index
             size = gridlib.chunk_size(
-                len(g), bytes_per_config(job, job.task.activation_floats), budget
+                flat, bytes_per_config(job, job.task.activation_floats), budget
             )
             if job.task.name == "cnn" and jax.default_backend() == "cpu":
                 size = 1  # vmapped convolutions are grouped ones, ~3x slower a config on CPU
             t0 = time.perf_counter()
             curves = []
-            for k, chunk in enumerate(g.chunks(size)):
+            n_chunks = -(-flat // size)
+            for k, start in enumerate(range(0, flat, size)):
+                ids = np.arange(start, min(start + size, flat))
                 done_file = out / "done" / variant / opt_name / f"chunk{k}.npz"
                 if resume and done_file.is_file():
                     with np.load(done_file) as f:
@@ -158,11 +162,12 @@ def run_experiment(
                 ckpt = Checkpointer(out / "ckpt" / variant / opt_name / f"chunk{k}")
                 try:
                     desc = f"{variant}/{opt_name}" + (
-                        f" [{k + 1}/{-(-len(g) // size)}]" if size < len(g) else ""
+                        f" [{k + 1}/{n_chunks}]" if n_chunks > 1 else ""
                     )
                     res = train_chunk(
-                        job, data, chunk.values, np.asarray(chunk.indices), ckpt,
+                        job, data, g.arrays((ids % len(g)).tolist()), ids, ckpt,
                         resume=resume, stop_after=stop_after, desc=desc, mesh=mesh,
+                        init_seeds=None if n_seeds == 1 else vcfg.seed + ids // len(g),
                     )  # fmt: skip
                 finally:
                     ckpt.close()
@@ -176,6 +181,7 @@ def run_experiment(
                 np.savez(done_file, allow_pickle=True, **res)
                 curves.append(res)
             merged = {key: np.concatenate([c[key] for c in curves]) for key in curves[0]}
+            merged = results.over_seeds(merged, n_seeds)
             per_opt[opt_name] = results.summarize(opt_name, g, merged, vcfg, data.n_train)
             per_opt[opt_name]["wall_time_s"] = round(time.perf_counter() - t0, 2)
             best = per_opt[opt_name]["best"]
