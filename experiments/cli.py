@@ -52,6 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     p.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on the first N training images (0: all)",
+    )
+    p.add_argument(
+        "--test-subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate on the first N test images (0: all)",
+    )
+    p.add_argument(
         "--seeds",
         type=int,
         default=None,
@@ -112,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.epochs:
             cfg = dataclasses.replace(cfg, epochs=args.epochs)
             cfg = dataclasses.replace(cfg, report_epochs=_report_epochs(cfg))
+        for key in ("train_subset", "test_subset"):
+            value = getattr(args, key)
+            if value is not None:
+                if value < 0:
+                    raise ConfigError(f"--{key.replace('_', '-')} {value}: must be >= 0")
+                cfg = dataclasses.replace(cfg, **{key: value})
         if args.seeds is not None:
             if args.seeds < 1:
                 raise ConfigError(f"--seeds {args.seeds}: must be >= 1")

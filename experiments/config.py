@@ -28,8 +28,11 @@ __all__ = [
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
-COLOR_DATASETS = {"cifar10": ("cnn",)}  # dataset -> the models that take its 32x32x3 images
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "imdb")
+# dataset -> the only models that take its inputs (CIFAR-10: 32x32x3 images; IMDB: 10,000-word
+# bag-of-words vectors), and model -> the only datasets it takes
+COLOR_DATASETS = {"cifar10": ("cnn",)}
+MODEL_DATASETS = {"bow_logreg": ("imdb",)}
 PLOTS = ("curves", "bias_correction")
 
 
@@ -240,6 +243,17 @@ def from_dict(
 
 
 def _check_dataset(cfg: ExperimentConfig, where: str) -> None:
+    datasets = MODEL_DATASETS.get(cfg.model)
+    if datasets is not None and cfg.dataset not in datasets:
+        raise ConfigError(
+            f"{where}: experiment {cfg.name!r} (model {cfg.model!r}) runs on "
+            f"{', '.join(datasets)} only, not on {cfg.dataset!r}"
+        )
+    if cfg.dataset == "imdb" and cfg.model != "bow_logreg":
+        raise ConfigError(
+            f"{where}: experiment {cfg.name!r} cannot run on dataset 'imdb': only the "
+            "bag-of-words logistic regression (fig1b_imdb) takes its word vectors"
+        )
     models = COLOR_DATASETS.get(cfg.dataset)
     if models is not None and cfg.model not in models:
         raise ConfigError(
