@@ -54,6 +54,8 @@ class ExperimentConfig:
     weight_decay: float = 0.0
     dropout: float = 0.0
     input_dropout: float = 0.0
+    whiten: str = "none"
+    zca_epsilon: float = 0.01
     seed: int = 0
     seeds: int = 1
     train_subset: int = 0
@@ -105,6 +107,8 @@ _FIELDS: dict[str, tuple[type, Any]] = {
     "weight_decay": (float, _ge(0)),
     "dropout": (float, _unit),
     "input_dropout": (float, _unit),
+    "whiten": (str, _in(("none", "zca"))),
+    "zca_epsilon": (float, lambda v: None if v > 0 else "must be > 0"),
     "seed": (int, _ge(0)),
     "seeds": (int, _ge(1)),
     "train_subset": (int, _ge(0)),

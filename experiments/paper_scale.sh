@@ -32,5 +32,6 @@ run() {  # run <name> <epochs> <time limit s>
 "$PY" -c "import jax; print(jax.devices())" 2>&1 | tee "$OUT/env.txt"
 run fig2_mlp "${FIG2_EPOCHS:-200}" "${FIG2_S:-270}"
 run fig4_bias_correction "${FIG4_EPOCHS:-100}" "${FIG4_S:-270}"
-tar -czf "$OUT/curves.tar.gz" -C "$RUNS" $(cd "$RUNS" && ls -d */curves 2>/dev/null)
+curves=$(cd "$RUNS" && ls -d */curves 2>/dev/null)
+if [ -n "$curves" ]; then tar -czf "$OUT/curves.tar.gz" -C "$RUNS" $curves; fi
 ls -la "$OUT"

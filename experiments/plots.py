@@ -95,7 +95,9 @@ def _title(cfg: dict[str, Any], variant: str) -> str:
     return title if variant == "main" else f"{title} ({variant})"
 
 
-def _draw_panel(ax, per_opt, cfg, variant, *, max_epoch=None, log=False, label_dropout=False):
+def _draw_panel(
+    ax, per_opt, cfg, variant, *, max_epoch=None, log=False, label_dropout=False, style="-"
+):
     for opt, entry in per_opt.items():
         best = entry["best"]
         if best is None:
@@ -117,7 +119,7 @@ def _draw_panel(ax, per_opt, cfg, variant, *, max_epoch=None, log=False, label_d
         seeds = entry.get("seeds", 1)
         label = paper_label(opt, label_dropout) + (f" ({hp})" if hp else "")
         color = _COLORS.get(opt)
-        ax.plot(x, ys, color=color, lw=1.4, label=label)
+        ax.plot(x, ys, style, color=color, lw=1.4, label=label)
         if std is not None and seeds > 1:
             s = _smooth(std, window)
             ax.fill_between(x, ys - s, ys + s, color=color, alpha=0.2, lw=0)
@@ -134,29 +136,35 @@ def _draw_panel(ax, per_opt, cfg, variant, *, max_epoch=None, log=False, label_d
 def plot_curves(report: dict[str, Any], out: Path) -> Path:
     """Training cost vs iterations over the entire dataset, one panel per variant.
 
-    The CNN (Figure 3) gets two panels per variant: the first 3 epochs (linear cost axis)
-    and all epochs (log axis), as in the paper.
+    The CNN (Figure 3) gets the paper's two panels, the first 3 epochs (linear cost axis)
+    and all epochs (log axis), each holding every variant's lines (dropout ones dashed).
     """
     cfg = report["config"]
     variants = report["variants"]
-    cnn = cfg["model"] == "cnn"
-    panels: list[tuple[Any, dict[str, Any], str, str, int | None, bool, bool]] = []
-    for variant, per_opt in variants.items():
-        vcfg = {**cfg, **cfg.get("variants", {}).get(variant, {})}
-        title = _title(vcfg, variant)
-        drop = _uses_dropout(vcfg) and variant != "dropout"  # "+ dropout" already in the title
-        if cnn:
-            panels.append((per_opt, vcfg, variant, f"{title} First 3 Epochs", 3, False, drop))
-            panels.append((per_opt, vcfg, variant, title, None, True, drop))
-        else:
-            log = cfg["model"] not in ("logreg", "bow_logreg")
-            panels.append((per_opt, vcfg, variant, title, None, log, drop))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
-    for ax, (per_opt, vcfg, variant, title, max_epoch, log, drop) in zip(
-        axes[0], panels, strict=True
-    ):
-        _draw_panel(ax, per_opt, vcfg, variant, max_epoch=max_epoch, log=log, label_dropout=drop)
-        ax.set_title(title, fontsize=10)
+    vcfgs = {v: {**cfg, **cfg.get("variants", {}).get(v, {})} for v in variants}
+    if cfg["model"] == "cnn":
+        # the paper's Figure 3: every variant's lines in both panels ("+dropout" dashed)
+        title = _title(cfg, "main")
+        fig, axes = plt.subplots(1, 2, figsize=(10.4, 4), squeeze=False)
+        for ax, max_epoch, log, name in (
+            (axes[0][0], 3, False, f"{title} First 3 Epochs"),
+            (axes[0][1], None, True, title),
+        ):
+            for variant, per_opt in variants.items():
+                drop = _uses_dropout(vcfgs[variant])
+                _draw_panel(
+                    ax, per_opt, vcfgs[variant], variant, max_epoch=max_epoch, log=log,
+                    label_dropout=drop, style="--" if drop and len(variants) > 1 else "-",
+                )  # fmt: skip
+            ax.set_title(name, fontsize=10)
+    else:
+        log = cfg["model"] not in ("logreg", "bow_logreg")
+        fig, axes = plt.subplots(1, len(variants), figsize=(5.2 * len(variants), 4), squeeze=False)
+        for ax, (variant, per_opt) in zip(axes[0], variants.items(), strict=True):
+            vcfg = vcfgs[variant]
+            drop = _uses_dropout(vcfg) and variant != "dropout"  # else "+ dropout" in the title
+            _draw_panel(ax, per_opt, vcfg, variant, log=log, label_dropout=drop)
+            ax.set_title(_title(vcfg, variant), fontsize=10)
     seeds = next(iter(next(iter(variants.values())).values())).get("seeds", 1)
     paper = PAPER_EPOCHS.get(cfg["model"])
     fig.suptitle(

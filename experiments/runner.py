@@ -58,7 +58,10 @@ def _job(cfg: ExperimentConfig, optimizer: str) -> Job:
 
 
 def _load_data(cfg: ExperimentConfig, data_dir, cache: dict) -> batching.DeviceData:
-    key = (cfg.dataset, cfg.train_subset, cfg.test_subset, cfg.eval_batch_size)
+    key = (
+        cfg.dataset, cfg.train_subset, cfg.test_subset, cfg.eval_batch_size, cfg.whiten,
+        cfg.zca_epsilon,
+    )  # fmt: skip
     if key not in cache:
         cache[key] = batching.load_device_data(
             cfg.dataset,
@@ -66,6 +69,8 @@ def _load_data(cfg: ExperimentConfig, data_dir, cache: dict) -> batching.DeviceD
             test_subset=cfg.test_subset,
             eval_batch_size=cfg.eval_batch_size,
             data_dir=data_dir,
+            whiten=cfg.whiten,
+            zca_epsilon=cfg.zca_epsilon,
         )
     return cache[key]
 

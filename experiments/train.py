@@ -72,8 +72,9 @@ def init_state(task: Task, optimizer: str, schedule: str, params: Any, hp) -> Tr
     return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
 
-def _to_float(x_uint8: jax.Array) -> jax.Array:
-    return x_uint8.astype(jnp.float32) / 255.0
+def _to_float(x: jax.Array) -> jax.Array:
+    """``uint8`` pixels to [0, 1]; float inputs (already pre-processed, e.g. whitened) as is."""
+    return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
 
 
 def _single(fn, n_vmapped_args: int):
