@@ -168,7 +168,8 @@ def plot_curves(report: dict[str, Any], out: Path) -> Path:
     seeds = next(iter(next(iter(variants.values())).values())).get("seeds", 1)
     paper = PAPER_EPOCHS.get(cfg["model"])
     fig.suptitle(
-        f"{report['experiment']}: {cfg['epochs']} epochs"
+        f"{report['experiment']}: {cfg['epochs']} epoch{'s' if cfg['epochs'] > 1 else ''}"
+        + (f" on {cfg['train_subset']:,} training images" if cfg.get("train_subset") else "")
         + (f" (the paper plots {paper})" if paper and paper != cfg["epochs"] else "")
         + (f", mean and ±1 s.d. over {seeds} seeds" if seeds > 1 else ""),
         fontsize=9,
