@@ -49,8 +49,11 @@ def pad_for_eval(x: np.ndarray, y: np.ndarray, batch: int):
 
 def from_arrays(x_train, y_train, x_test, y_test, eval_batch_size: int = 1000) -> DeviceData:
     """Put numpy arrays (images ``uint8 [N, 28, 28]``, labels) on the device."""
-    x_train = np.asarray(x_train, np.uint8).reshape(len(x_train), -1)
-    x_test = np.asarray(x_test, np.uint8).reshape(len(x_test), -1)
+    # uint8 pixels stay uint8 (scaled to [0, 1] inside the step); float inputs (whitened
+    # images) are kept as float32
+    kind = np.float32 if np.issubdtype(np.asarray(x_train).dtype, np.floating) else np.uint8
+    x_train = np.asarray(x_train, kind).reshape(len(x_train), -1)
+    x_test = np.asarray(x_test, kind).reshape(len(x_test), -1)
     y_train = np.asarray(y_train, np.int32)
     y_test = np.asarray(y_test, np.int32)
     eb = min(eval_batch_size, len(x_train), len(x_test))  # one size: one compiled eval
@@ -71,12 +74,26 @@ def load_device_data(
     test_subset: int = 0,
     eval_batch_size: int = 1000,
     data_dir: str | os.PathLike | None = None,
+    whiten: str = "none",
+    zca_epsilon: float = 0.01,
 ) -> DeviceData:
-    """Load dataset ``name`` and put it on the device; ``*_subset > 0`` keeps the first examples."""
+    """Load dataset ``name`` and put it on the device; ``*_subset > 0`` keeps the first examples.
+
+    ``whiten='zca'`` fits ZCA whitening (:mod:`experiments.whitening`) on the training
+    examples kept, scaled to [0, 1], and applies it to both splits (stored as float32).
+    """
     x_train, y_train = data.load(name, "train", data_dir)
     x_test, y_test = data.load(name, "test", data_dir)
     if train_subset:
         x_train, y_train = x_train[:train_subset], y_train[:train_subset]
     if test_subset:
         x_test, y_test = x_test[:test_subset], y_test[:test_subset]
+    if whiten == "zca":
+        from experiments.whitening import fit_zca
+
+        scale = lambda x: np.asarray(x, np.float32).reshape(len(x), -1) / 255.0  # noqa: E731
+        zca = fit_zca(scale(x_train), zca_epsilon)
+        x_train, x_test = zca(scale(x_train)), zca(scale(x_test))
+    elif whiten != "none":
+        raise ValueError(f"unknown whitening {whiten!r}; expected 'none' or 'zca'")
     return from_arrays(x_train, y_train, x_test, y_test, eval_batch_size)

@@ -51,13 +51,70 @@ def _parser() -> argparse.ArgumentParser:
         help="folder holding mnist/, fashion_mnist/, cifar10/",
     )
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    p.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on the first N training images (0: all)",
+    )
+    p.add_argument(
+        "--test-subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate on the first N test images (0: all)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train every grid point with N seeds (parameter init, data order, dropout), "
+        "vmapped with the grid; results and figures show the mean and the spread",
+    )
+    p.add_argument(
+        "--from-results",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="train nothing: re-check the claims and grid edges of the results.json in RUN_DIR "
+        "(name is then ignored), rewrite it with them and redraw the figure(s)",
+    )
     parallel.add_device_arguments(p)
     return p
+
+
+def _report_epochs(cfg) -> tuple[int, ...]:
+    """The config's report epochs that a shortened run reaches, plus its last epoch."""
+    if not cfg.report_epochs:
+        return ()
+    kept = [e for e in cfg.report_epochs if e <= cfg.epochs]
+    return tuple(kept if cfg.epochs in kept else [*kept, cfg.epochs])
+
+
+def _reannotate(run_dir: Path) -> int:
+    import json
+
+    from experiments import plots, results
+
+    path = run_dir / "results.json" if run_dir.is_dir() else run_dir
+    if not path.is_file():
+        print(f"error: no results.json at {path}; pass a run directory", file=sys.stderr)
+        return 2
+    report = results.annotate(json.loads(path.read_text()))
+    results.write(path.parent, report)
+    for png in plots.plot_report(report, path.parent):
+        print(f"wrote {png}")
+    results.print_verdicts(report)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
+    if args.from_results is not None:
+        return _reannotate(args.from_results)
     from experiments.config import ConfigError, load_config, with_dataset
     from experiments.data import DataError
     from experiments.runner import run_experiment
@@ -68,6 +125,17 @@ def main(argv: list[str] | None = None) -> int:
             cfg = with_dataset(cfg, args.dataset)
         if args.epochs:
             cfg = dataclasses.replace(cfg, epochs=args.epochs)
+            cfg = dataclasses.replace(cfg, report_epochs=_report_epochs(cfg))
+        for key in ("train_subset", "test_subset"):
+            value = getattr(args, key)
+            if value is not None:
+                if value < 0:
+                    raise ConfigError(f"--{key.replace('_', '-')} {value}: must be >= 0")
+                cfg = dataclasses.replace(cfg, **{key: value})
+        if args.seeds is not None:
+            if args.seeds < 1:
+                raise ConfigError(f"--seeds {args.seeds}: must be >= 1")
+            cfg = dataclasses.replace(cfg, seeds=args.seeds)
         out = args.out or Path("runs") / (cfg.name + ("-quick" if args.quick else ""))
         t0 = time.perf_counter()
         run_experiment(cfg, out, resume=args.resume, data_dir=args.data_dir, devices=args.devices)

@@ -28,8 +28,11 @@ __all__ = [
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
-COLOR_DATASETS = {"cifar10": ("cnn",)}  # dataset -> the models that take its 32x32x3 images
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "imdb")
+# dataset -> the only models that take its inputs (CIFAR-10: 32x32x3 images; IMDB: 10,000-word
+# bag-of-words vectors), and model -> the only datasets it takes
+COLOR_DATASETS = {"cifar10": ("cnn",)}
+MODEL_DATASETS = {"bow_logreg": ("imdb",)}
 PLOTS = ("curves", "bias_correction")
 
 
@@ -51,7 +54,10 @@ class ExperimentConfig:
     weight_decay: float = 0.0
     dropout: float = 0.0
     input_dropout: float = 0.0
+    whiten: str = "none"
+    zca_epsilon: float = 0.01
     seed: int = 0
+    seeds: int = 1
     train_subset: int = 0
     test_subset: int = 0
     eval_batch_size: int = 1000
@@ -101,7 +107,10 @@ _FIELDS: dict[str, tuple[type, Any]] = {
     "weight_decay": (float, _ge(0)),
     "dropout": (float, _unit),
     "input_dropout": (float, _unit),
+    "whiten": (str, _in(("none", "zca"))),
+    "zca_epsilon": (float, lambda v: None if v > 0 else "must be > 0"),
     "seed": (int, _ge(0)),
+    "seeds": (int, _ge(1)),
     "train_subset": (int, _ge(0)),
     "test_subset": (int, _ge(0)),
     "eval_batch_size": (int, _ge(1)),
@@ -238,6 +247,17 @@ def from_dict(
 
 
 def _check_dataset(cfg: ExperimentConfig, where: str) -> None:
+    datasets = MODEL_DATASETS.get(cfg.model)
+    if datasets is not None and cfg.dataset not in datasets:
+        raise ConfigError(
+            f"{where}: experiment {cfg.name!r} (model {cfg.model!r}) runs on "
+            f"{', '.join(datasets)} only, not on {cfg.dataset!r}"
+        )
+    if cfg.dataset == "imdb" and cfg.model != "bow_logreg":
+        raise ConfigError(
+            f"{where}: experiment {cfg.name!r} cannot run on dataset 'imdb': only the "
+            "bag-of-words logistic regression (fig1b_imdb) takes its word vectors"
+        )
     models = COLOR_DATASETS.get(cfg.dataset)
     if models is not None and cfg.model not in models:
         raise ConfigError(

@@ -126,7 +126,13 @@ CIFAR10_ARCHIVE_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"  # listed on the CIFAR 
 CIFAR10_RECORD = 1 + 3 * 32 * 32
 CIFAR10_RECORDS_PER_FILE = 10000  # the official files; tests lower it for tiny files
 
-_IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), CIFAR10: (32, 32, 3)}
+# IMDB's "images" are flat 10,000-word bag-of-words vectors (see experiments/imdb.py).
+_IMAGE_SHAPES = {
+    "mnist": (28, 28, 1),
+    "fashion_mnist": (28, 28, 1),
+    CIFAR10: (32, 32, 3),
+    "imdb": (10_000, 1, 1),
+}
 
 
 def image_shape(name: str) -> tuple[int, int, int]:
@@ -144,8 +150,8 @@ def _cache_dir() -> Path:
 def search_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """The folders searched for dataset ``name``, in lookup order."""
     extra: tuple[str, ...]
-    if name == CIFAR10:
-        folder, extra = CIFAR10, ()
+    if name in (CIFAR10, "imdb"):
+        folder, extra = name, ()
     else:
         spec = _spec(name)
         folder, extra = spec.folder, spec.extra_dirs
@@ -288,6 +294,10 @@ def load(
     """
     if name == CIFAR10:
         return _load_cifar10(split, data_dir)
+    if name == "imdb":
+        from experiments.imdb import load_imdb
+
+        return load_imdb(split, data_dir)
     spec = _spec(name)
     if split not in spec.files:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(spec.files)}")

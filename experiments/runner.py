@@ -58,7 +58,10 @@ def _job(cfg: ExperimentConfig, optimizer: str) -> Job:
 
 
 def _load_data(cfg: ExperimentConfig, data_dir, cache: dict) -> batching.DeviceData:
-    key = (cfg.dataset, cfg.train_subset, cfg.test_subset, cfg.eval_batch_size)
+    key = (
+        cfg.dataset, cfg.train_subset, cfg.test_subset, cfg.eval_batch_size, cfg.whiten,
+        cfg.zca_epsilon,
+    )  # fmt: skip
     if key not in cache:
         cache[key] = batching.load_device_data(
             cfg.dataset,
@@ -66,6 +69,8 @@ def _load_data(cfg: ExperimentConfig, data_dir, cache: dict) -> batching.DeviceD
             test_subset=cfg.test_subset,
             eval_batch_size=cfg.eval_batch_size,
             data_dir=data_dir,
+            whiten=cfg.whiten,
+            zca_epsilon=cfg.zca_epsilon,
         )
     return cache[key]
 
@@ -142,14 +147,18 @@ def run_experiment(
             g = optimizer_grid(opt_name, hps)
             job = _job(vcfg, opt_name)
             budget = vcfg.memory_budget_mb * 2**20
+            n_seeds = vcfg.seeds
+            flat = len(g) * n_seeds  # seed-major: flat index s * len(g) + grid index
             size = gridlib.chunk_size(
-                len(g), bytes_per_config(job, job.task.activation_floats), budget
+                flat, bytes_per_config(job, job.task.activation_floats), budget
             )
             if job.task.name == "cnn" and jax.default_backend() == "cpu":
                 size = 1  # vmapped convolutions are grouped ones, ~3x slower a config on CPU
             t0 = time.perf_counter()
             curves = []
-            for k, chunk in enumerate(g.chunks(size)):
+            n_chunks = -(-flat // size)
+            for k, start in enumerate(range(0, flat, size)):
+                ids = np.arange(start, min(start + size, flat))
                 done_file = out / "done" / variant / opt_name / f"chunk{k}.npz"
                 if resume and done_file.is_file():
                     with np.load(done_file) as f:
@@ -158,11 +167,12 @@ def run_experiment(
                 ckpt = Checkpointer(out / "ckpt" / variant / opt_name / f"chunk{k}")
                 try:
                     desc = f"{variant}/{opt_name}" + (
-                        f" [{k + 1}/{-(-len(g) // size)}]" if size < len(g) else ""
+                        f" [{k + 1}/{n_chunks}]" if n_chunks > 1 else ""
                     )
                     res = train_chunk(
-                        job, data, chunk.values, np.asarray(chunk.indices), ckpt,
+                        job, data, g.arrays((ids % len(g)).tolist()), ids, ckpt,
                         resume=resume, stop_after=stop_after, desc=desc, mesh=mesh,
+                        init_seeds=None if n_seeds == 1 else vcfg.seed + ids // len(g),
                     )  # fmt: skip
                 finally:
                     ckpt.close()
@@ -176,6 +186,7 @@ def run_experiment(
                 np.savez(done_file, allow_pickle=True, **res)
                 curves.append(res)
             merged = {key: np.concatenate([c[key] for c in curves]) for key in curves[0]}
+            merged = results.over_seeds(merged, n_seeds)
             per_opt[opt_name] = results.summarize(opt_name, g, merged, vcfg, data.n_train)
             per_opt[opt_name]["wall_time_s"] = round(time.perf_counter() - t0, 2)
             best = per_opt[opt_name]["best"]
@@ -187,6 +198,7 @@ def run_experiment(
             )
         report["variants"][variant] = per_opt
     report["wall_time_s"] = round(time.perf_counter() - t_start, 2)
+    results.annotate(report)
     results.write(out, report)
     if plot:
         from experiments import plots
@@ -194,4 +206,5 @@ def run_experiment(
         for path in plots.plot_report(report, out):
             log(f"wrote {path}")
     shutil.rmtree(out / "ckpt", ignore_errors=True)
+    results.print_verdicts(report, log)
     return report

@@ -23,7 +23,7 @@ from experiments import models
 
 __all__ = ["Task", "make_task", "MODELS"]
 
-MODELS = ("logreg", "mlp", "cnn", "vae")
+MODELS = ("logreg", "bow_logreg", "mlp", "cnn", "vae")
 _EVAL_RNG = 1234  # fixed latent noise for the VAE's evaluation
 
 
@@ -121,6 +121,9 @@ def make_task(
     """
     if model == "logreg":
         return _classifier(model, models.LogisticRegression(), weight_decay, (784,), 800)
+    if model == "bow_logreg":  # IMDB sentiment: 2 classes on 10,000-word bag-of-words vectors
+        module = models.LogisticRegression(num_classes=2, input_dropout=input_dropout)
+        return _classifier(model, module, weight_decay, (math.prod(image_shape),), 20_000)
     if model == "mlp":
         mlp = models.MLP(dropout=dropout, input_dropout=input_dropout)
         return _classifier(model, mlp, weight_decay, (784,), 6000)

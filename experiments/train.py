@@ -75,8 +75,9 @@ def init_state(task: Task, optimizer: str, schedule: str, params: Any, hp) -> Tr
     return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
 
-def _to_float(x_uint8: jax.Array) -> jax.Array:
-    return x_uint8.astype(jnp.float32) / 255.0
+def _to_float(x: jax.Array) -> jax.Array:
+    """``uint8`` pixels to [0, 1]; float inputs (already pre-processed, e.g. whitened) as is."""
+    return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
 
 
 def _single(fn, n_vmapped_args: int):
@@ -204,10 +205,20 @@ def config_keys(seed: int, config_ids) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(config_ids, jnp.uint32))
 
 
-def initial_states(job: Job, hp: Mapping[str, jax.Array | np.ndarray], n: int) -> TrainState:
-    """Same initial parameters for every config (``init(PRNGKey(seed))``), own optimizer states."""
-    params = job.task.init(jax.random.PRNGKey(job.seed))
-    stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n, *p.shape)), params)
+def initial_states(
+    job: Job, hp: Mapping[str, jax.Array | np.ndarray], n: int, init_seeds=None
+) -> TrainState:
+    """Same initial parameters for every config (``init(PRNGKey(seed))``), own optimizer states.
+
+    ``init_seeds`` (one integer per config) gives config ``i`` the parameters
+    ``init(PRNGKey(init_seeds[i]))`` instead, for runs over several seeds.
+    """
+    if init_seeds is None:
+        params = job.task.init(jax.random.PRNGKey(job.seed))
+        stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (n, *p.shape)), params)
+    else:
+        seeds = jnp.asarray(init_seeds, jnp.uint32)
+        stacked = jax.vmap(lambda s: job.task.init(jax.random.PRNGKey(s)))(seeds)
     init = functools.partial(init_state, job.task, job.optimizer, job.schedule)
     return jax.jit(jax.vmap(init))(stacked, hp)
 
@@ -225,6 +236,7 @@ def train_chunk(
     stop_after: None = ...,
     desc: str = ...,
     mesh: Mesh | None = ...,
+    init_seeds: np.ndarray | None = ...,
 ) -> dict[str, np.ndarray]: ...
 
 
@@ -240,6 +252,7 @@ def train_chunk(
     stop_after: int | None,
     desc: str = ...,
     mesh: Mesh | None = ...,
+    init_seeds: np.ndarray | None = ...,
 ) -> dict[str, np.ndarray] | None: ...
 
 
@@ -254,6 +267,7 @@ def train_chunk(
     stop_after: int | None = None,
     desc: str = "",
     mesh: Mesh | None = None,
+    init_seeds: np.ndarray | None = None,
 ) -> dict[str, np.ndarray] | None:
     """Train the configs ``hp`` (arrays of equal length N) together; return their curves.
 
@@ -264,6 +278,7 @@ def train_chunk(
     (returning ``None``), as if the run had been interrupted. ``mesh`` (data parallel):
     ``data`` must be replicated on it (:func:`experiments.parallel.replicate`); each
     minibatch is split over its devices. ``None``: one device, no sharding at all.
+    ``init_seeds``: per-config parameter-init seeds (see :func:`initial_states`).
     """
     n = len(config_ids)
     hparams: dict[str, jax.Array] = {k: jnp.asarray(v) for k, v in hp.items()}
@@ -278,7 +293,7 @@ def train_chunk(
             f"batch size {job.batch_size} is larger than the {data.n_train} training examples"
         )
     keys = config_keys(job.seed, config_ids)
-    state = initial_states(job, hparams, n)
+    state = initial_states(job, hparams, n, init_seeds)
     nan = lambda *shape: np.full(shape, np.nan, np.float32)
     hist: dict[str, np.ndarray] = {
         "iter_loss": nan(n, job.epochs * steps),

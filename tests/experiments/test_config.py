@@ -24,7 +24,9 @@ def test_quick_overrides_and_fig4_grid():
     assert full.epochs == 100 and full.report_epochs == (10, 100) and quick.epochs < full.epochs
     adam = full.optimizers["adam"]
     assert adam["bias_correction"] == [True, False] and adam["b2"] == [0.99, 0.999, 0.9999]
-    assert [v for v in adam["learning_rate"]] == [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    # the paper's log10(alpha) in [-5, -1], in half-decade steps
+    half_decades = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+    assert adam["learning_rate"] == pytest.approx(half_decades)
     fig2 = load_config("fig2_mlp")
     assert [name for name, _ in fig2.variant_configs()] == ["dropout", "deterministic"]
     assert set(fig2.optimizers) == {"adam", "adagrad", "rmsprop", "sgd_nesterov", "adadelta"}
