@@ -59,7 +59,10 @@ REFERENCES = {
         lambda: adamjax.sgd(0.01, 0.9, nesterov=True),
         lambda th, g: ref.sgd(th, g, 0.01, momentum=0.9, nesterov=True),
     ),
-    "adadelta": (lambda: adamjax.adadelta(), lambda th, g: ref.adadelta(th, g)),
+    "adadelta": (
+        lambda: adamjax.adadelta(rho=0.95),  # Zeiler's rho, the reference's
+        lambda th, g: ref.adadelta(th, g, rho=0.95),
+    ),
 }
 VARIANT_STEPS = 10
 
