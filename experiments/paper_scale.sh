@@ -21,7 +21,8 @@ if [ "${TRAIN_SUBSET:-0}" != 0 ]; then subset=(--train-subset "$TRAIN_SUBSET" --
 run() {  # run <name> <epochs> <time limit s>
   local name=$1 epochs=$2 limit=$3 t0
   t0=$(date +%s)
-  timeout "$limit" "$PY" -m experiments "$name" --epochs "$epochs" "${subset[@]}" \
+  # --resume: a second call on a still-warm machine continues from the last epoch checkpoint
+  timeout "$limit" "$PY" -m experiments "$name" --epochs "$epochs" "${subset[@]}" --resume \
     --out "$RUNS/$name" > "$OUT/$name.log" 2>&1
   echo "$name exit $? after $(( $(date +%s) - t0 )) s"
   grep -E "^(PASS|FAIL|N/A|WARNING|grid edges|done in)" "$OUT/$name.log"
