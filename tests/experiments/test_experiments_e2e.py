@@ -50,14 +50,17 @@ def test_experiment_end_to_end(name, tmp_path, data_dir):
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     if name == "fig4_bias_correction":
         adam = saved["variants"]["main"]["adam"]
-        # The whole 2 x 2 x 3 x 5 grid of the config, each combination exactly once.
+        # The whole grid of the config (b1: 2, b2: 3, bias correction: 2, and the config's
+        # step sizes), each combination exactly once.
         axes = {k: v for k, v in cfg.optimizers["adam"].items() if isinstance(v, list)}
         assert (
             sorted(adam["swept"])
             == sorted(axes)
             == ["b1", "b2", "bias_correction", "learning_rate"]
         )
-        assert len(adam["grid"]) == 60 == math.prod(len(v) for v in axes.values())
+        n_alpha = len(axes["learning_rate"])
+        assert n_alpha >= 5
+        assert len(adam["grid"]) == 2 * 3 * 2 * n_alpha == math.prod(len(v) for v in axes.values())
         seen = {tuple(p["hparams"][k] for k in sorted(axes)) for p in adam["grid"]}
         assert seen == set(itertools.product(*(axes[k] for k in sorted(axes))))
         assert all("train_loss_epoch_1" in p for p in adam["grid"])
