@@ -179,35 +179,6 @@ USER_PATHS = {
 }
 
 
-def _in_step_grad(loss_target):
-    """The gradient of ``0.5 * ||p - target||^2``, computed inside the step as a train step
-    computes its gradients (an intermediate of the program, not an argument)."""
-    return jax.grad(lambda p: 0.5 * jnp.sum(jnp.square(p - loss_target)))
-
-
-def _optax_step_in(opt):
-    def step(p, st, target):
-        u, st = opt.update(_in_step_grad(target)(p), st, p)
-        return optax.apply_updates(p, u), st
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
-def _jax_step_in(opt):
-    def step(p, st, target):
-        return apply_gradients(opt, _in_step_grad(target)(p), st, p)
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
-IN_STEP = (
-    "optax.adam update+optax.apply_updates",
-    "adamjax.adam update+optax.apply_updates",
-    "adamjax.apply_gradients(adamjax.adam)",
-)
-IN_STEP_SUFFIX = ", grad in step"
-
-
 def user_path_cases(n: int):
     """One float32 tensor of ``n`` parameters; each case a donated jitted step as a user
     writes it (``opt.update`` + ``optax.apply_updates``, or ``adamjax.apply_gradients``),
@@ -225,14 +196,6 @@ def user_path_cases(n: int):
         p = jnp.full((n,), 0.5, jnp.float32)
         step = _optax_step(opt) if form == "update" else _jax_step(opt)
         cases[name] = Stepper(step, (p, opt.init(p)), g, inner=k)
-    # The same paths with the gradient computed inside the step (as in training), where
-    # XLA may fuse its computation into the optimizer's loops.
-    target = jnp.full((n,), 0.25, jnp.float32)
-    for name in IN_STEP:
-        form, opt = USER_PATHS[name]()
-        p = jnp.full((n,), 0.5, jnp.float32)
-        step = _optax_step_in(opt) if form == "update" else _jax_step_in(opt)
-        cases[name + IN_STEP_SUFFIX] = Stepper(step, (p, opt.init(p)), target, inner=k)
     return cases
 
 
