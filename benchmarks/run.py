@@ -121,11 +121,15 @@ def main(argv=None) -> int:
             if "native_roofline" in t:
                 ratio += f", {t['native_roofline'] / s:5.2f} of native roof"
             what = f"{gbs:5.1f} GB/s at 28 B/param"
-            if name.startswith("adamjax") and "optax" in t and not name.endswith("bf16"):
+            low = name.endswith(("_bf16", "_int8"))
+            if name.startswith("adamjax") and "optax" in t and not low:
                 what += f"; {t['optax'] / s:4.2f}x Optax's speed"
-            if name.endswith("bf16") and name[: -len("_bf16")] in t:
+            if name.endswith("_bf16") and name[: -len("_bf16")] in t:
                 base = t[name[: -len("_bf16")]]
                 what = f"bf16 m,v: {s / base:4.2f}x the f32-state step ({gbs:5.1f} GB/s at 28 B)"
+            if name.endswith("_int8"):
+                base = t.get("adamjax_native", t["adamjax_jax"])
+                what = f"8-bit m,v: {s / base:4.2f}x the default f32-state step"
             row(g, name, _ms(s), ratio, what)
         row(g, "(native roofline is)", "", entry["native_roofline"], "")
 

@@ -213,6 +213,8 @@ def state_bytes(params):
         "adamjax adam layout=flat": adamjax.adam(1e-3, layout="flat").init(params),
         "adamjax adam on flat params": adamjax.adam(1e-3).init(flat_p),
         "adamjax adamax (bfloat16 state)": adamjax.adamax(state_dtype=jnp.bfloat16).init(params),
+        "adamjax adam (int8 state)": adamjax.adam(1e-3, state_dtype="int8").init(params),
+        "adamjax adamw (int8 state)": adamjax.adamw(1e-3, state_dtype="int8").init(params),
         "optax adam": optax.adam(1e-3).init(params),
     }
     out = {name: nbytes(st) / n for name, st in configs.items()}
