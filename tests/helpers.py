@@ -73,3 +73,8 @@ def assert_tree_close(actual, expected, rtol, atol):
             atol=atol,
             err_msg=jax.tree_util.keystr(path),
         )
+
+
+def reference_tree(reference, params, grads_seq):
+    """Apply a NumPy reference ``reference(theta0, grads) -> thetas`` leaf by leaf."""
+    return jax.tree.map(lambda p, g: reference(np.asarray(p), np.asarray(g)), params, grads_seq)

@@ -13,7 +13,13 @@ import pytest
 
 import adamjax
 from tests import reference as ref
-from tests.helpers import assert_tree_close, gradient_sequence, random_tree, run
+from tests.helpers import (
+    assert_tree_close,
+    gradient_sequence,
+    random_tree,
+    reference_tree,
+    run,
+)
 
 STEPS = 300
 
@@ -70,10 +76,6 @@ PAPER = [
 ]
 
 
-def _reference_tree(reference, params, grads):
-    return jax.tree.map(lambda p, g: reference(np.asarray(p), np.asarray(g)), params, grads)
-
-
 @pytest.mark.parametrize("name,make,reference", PAPER, ids=[c[0] for c in PAPER])
 def test_matches_paper_float64(name, make, reference):
     rng = np.random.default_rng(zlib.crc32(name.encode()))
@@ -82,7 +84,7 @@ def test_matches_paper_float64(name, make, reference):
         grads = gradient_sequence(rng, params, STEPS, np.float64)
         got = run(make(), params, grads)
         assert jax.tree.leaves(got)[0].dtype == np.float64
-        assert_tree_close(got, _reference_tree(reference, params, grads), rtol=1e-10, atol=1e-12)
+        assert_tree_close(got, reference_tree(reference, params, grads), rtol=1e-10, atol=1e-12)
 
 
 def test_amsgrad_placements_differ_early_and_agree_late():

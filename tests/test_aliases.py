@@ -10,7 +10,13 @@ import pytest
 
 import adamjax
 from tests import reference as ref
-from tests.helpers import assert_tree_close, gradient_sequence, random_tree, run
+from tests.helpers import (
+    assert_tree_close,
+    gradient_sequence,
+    random_tree,
+    reference_tree,
+    run,
+)
 
 STEPS = 300
 
@@ -85,10 +91,6 @@ CASES = [
 ]
 
 
-def _reference_tree(reference, params, grads):
-    return jax.tree.map(lambda p, g: reference(np.asarray(p), np.asarray(g)), params, grads)
-
-
 @pytest.mark.parametrize("name,make,reference", CASES, ids=[c[0] for c in CASES])
 def test_alias_matches_paper_float64(name, make, reference):
     rng = np.random.default_rng(zlib.crc32(name.encode()))
@@ -97,7 +99,7 @@ def test_alias_matches_paper_float64(name, make, reference):
         grads = gradient_sequence(rng, params, STEPS, np.float64)
         got = run(make(), params, grads)
         assert jax.tree.leaves(got)[0].dtype == np.float64
-        want = _reference_tree(reference, params, grads)
+        want = reference_tree(reference, params, grads)
         assert_tree_close(got, want, rtol=1e-10, atol=1e-12)
 
 
@@ -108,7 +110,7 @@ def test_alias_matches_paper_float32(name, make, reference):
     grads = gradient_sequence(rng, params, STEPS, np.float32)
     got = run(make(), params, grads)
     assert jax.tree.leaves(got)[0].dtype == np.float32
-    want = _reference_tree(reference, params, grads)
+    want = reference_tree(reference, params, grads)
     # float32 rounding accumulates over 300 steps: compare the displacement from theta_0.
     moved = jax.tree.map(lambda w, p: np.abs(w - np.asarray(p, np.float64)).max(), want, params)
     scale = max(jax.tree.leaves(moved))
