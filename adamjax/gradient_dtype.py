@@ -20,8 +20,7 @@ import jax
 import optax
 
 from adamjax import _validate
-from adamjax.base import apply_updates
-from adamjax.step import FusedTransformation
+from adamjax.step import FusedTransformation, apply_gradients
 
 
 def _cast_like(updates: Any, grads: Any) -> Any:
@@ -51,9 +50,10 @@ def keep_gradient_dtype(
       inner: the composed chain, computing in at least float32.
       name: the optimizer's name, for error messages.
     """
-    # The wrapper owns its fused apply (a typed field of the object it returns); it runs
-    # ``inner``'s own only if ``inner`` is exactly the FusedTransformation that owns it.
-    inner_fused = inner.fused_apply if isinstance(inner, FusedTransformation) else None
+    # The wrapper owns its fused apply (a typed field of the object it returns): it is
+    # apply_gradients of ``inner``, which takes ``inner``'s own fused apply only if ``inner``
+    # is exactly the FusedTransformation that owns one, else adds its float32 updates.
+    unwrapped = inner
     inner = optax.with_extra_args_support(inner)
 
     def init(params):
@@ -65,11 +65,6 @@ def keep_gradient_dtype(
         return _cast_like(out, updates), new_state
 
     def fused_apply(grads, state, params):
-        if inner_fused is not None:
-            out = inner_fused(grads, state, params)
-            if out is not None:
-                return out
-        out, new_state = inner.update(grads, state, params)
-        return apply_updates(params, out), new_state
+        return apply_gradients(unwrapped, grads, state, params)
 
     return FusedTransformation(init, update, fused_apply)
