@@ -26,6 +26,7 @@ from adamjax.bias import bias_correct
 from adamjax.centered import center
 from adamjax.flat import FlatLayout, FlatState, flat_layout, layout_of, ravel
 from adamjax.gradient_dtype import keep_gradient_dtype
+from adamjax.kahan import KahanSummationState, kahan_summation
 from adamjax.lowering import chain
 from adamjax.lr import ScheduleState, scale_by_lr
 from adamjax.moments import (
@@ -73,6 +74,8 @@ __all__ = [
     "constant_schedule",
     "flat_layout",
     "inverse_sqrt_schedule",
+    "KahanSummationState",
+    "kahan_summation",
     "layout_of",
     "native_available",
     "native_info",

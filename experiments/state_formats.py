@@ -1,7 +1,7 @@
 """Optimizer-state and parameter formats on the paper's MNIST MLP (Figure 2's two panels).
 
 ``python -m experiments.state_formats [--quick] [--out DIR] [--data-dir DIR]`` trains the
-784-1000-1000-10 ReLU network with Adam five ways, from the same initialisation and the
+784-1000-1000-10 ReLU network with Adam six ways, from the same initialisation and the
 same minibatches, and draws the training cost of each in one figure per panel:
 
 * ``float32``: float32 parameters and moments (8 bytes of state per parameter);
@@ -9,7 +9,9 @@ same minibatches, and draws the training cost of each in one figure per panel:
 * ``int8 state``: 8-bit block-wise moments (Dettmers et al., ICLR 2022; about 2 B/param);
 * ``bf16 params``: bfloat16 parameters, updates added with round-to-nearest;
 * ``bf16 params + SR``: bfloat16 parameters with stochastic rounding
-  (:func:`adamjax.rounding.stochastic_rounding`).
+  (:func:`adamjax.rounding.stochastic_rounding`);
+* ``bf16 params + Kahan``: bfloat16 parameters with a bfloat16 compensation buffer
+  (:func:`adamjax.kahan_summation`; 2 more bytes of state per parameter).
 
 The run directory gets ``results.json`` (per format and panel: the per-epoch training cost,
 the final cost, the state's bytes per parameter and the relative gap to float32),
@@ -38,7 +40,14 @@ from experiments.tasks import make_task
 
 __all__ = ["FORMATS", "PANELS", "main", "run"]
 
-FORMATS = ("float32", "bfloat16 state", "int8 state", "bf16 params", "bf16 params + SR")
+FORMATS = (
+    "float32",
+    "bfloat16 state",
+    "int8 state",
+    "bf16 params",
+    "bf16 params + SR",
+    "bf16 params + Kahan",
+)
 PANELS = {
     "dropout": dict(input_dropout=0.2, dropout=0.5),  # Figure 2(a)
     "deterministic": dict(weight_decay=1e-4),  # Figure 2(b)
@@ -52,6 +61,8 @@ def _optimizer(fmt: str, lr: float, seed: int) -> optax.GradientTransformation:
         return adamjax.adam(lr, state_dtype="int8")
     if fmt == "bf16 params + SR":
         return stochastic_rounding(adamjax.adam(lr), seed)
+    if fmt == "bf16 params + Kahan":
+        return adamjax.kahan_summation(adamjax.adam(lr))
     return adamjax.adam(lr)
 
 
@@ -174,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m experiments.state_formats",
         description="Adam with float32 / bfloat16 / 8-bit state and bf16 parameters "
-        "(round-to-nearest vs stochastic rounding) on the Figure-2 MLP.",
+        "(round-to-nearest vs stochastic rounding vs Kahan summation) on the Figure-2 MLP.",
     )
     p.add_argument("--quick", action="store_true", help="6,400 images, 10 epochs")
     p.add_argument("--out", type=Path, default=Path("runs/state_formats"))
@@ -191,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for r in report["runs"]:
         print(
-            f"{r['panel']:13s} {r['format']:17s} final cost {r['final_cost']:.4f} "
+            f"{r['panel']:13s} {r['format']:19s} final cost {r['final_cost']:.4f} "
             f"({100 * r['relative_to_float32']:+.1f}% vs float32), "
             f"state {r['state_bytes_per_param']:.2f} B/param"
         )
