@@ -16,7 +16,10 @@ and many small updates add up to their float32 sum on average.
 float32 and returns, per low-precision leaf, the update that moves the parameter to the
 stochastically rounded float32 result. It works through every apply path (plain
 :func:`optax.apply_updates`, Flax's ``TrainState``, :func:`adamjax.apply_gradients`),
-because the returned update lands exactly on a representable value. The PRNG key lives in
+because the returned update lands exactly on the rounded value whenever the old and new
+parameter are within a factor of two of each other (Sterbenz's lemma: their difference is
+then representable; every step of a small learning rate is). A step comparable to the
+parameter itself may land on a representable value next to it. The PRNG key lives in
 the state and advances every step, so runs are reproducible and resumable.
 """
 
@@ -76,8 +79,11 @@ def stochastic_rounding(inner: GradientTransformation, key: Any) -> GradientTran
     :math:`\\theta + u` in float32 for each low-precision leaf, rounds it stochastically to
     the parameter's dtype (:func:`stochastic_round`) and returns the difference as the
     update, in the parameter's dtype: adding it to the parameter lands exactly on the
-    rounded value (the difference of two nearby values of one dtype is representable in
-    it). Float32 (and wider) leaves get ``inner``'s update unchanged. Needs ``params``.
+    rounded value :math:`\\theta'` when :math:`\\theta'/2 \\le \\theta \\le 2\\theta'`
+    (Sterbenz's lemma: the difference is then representable in the dtype); a larger step
+    (e.g. a parameter of 1 moved to 0.01) may land on a representable value next to
+    :math:`\\theta'` instead. Float32 (and wider) leaves get ``inner``'s update unchanged.
+    Needs ``params``.
 
     Args:
       inner: the optimizer, e.g. ``adamjax.adam(1e-3)``.

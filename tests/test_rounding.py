@@ -110,6 +110,25 @@ def test_updates_land_exactly_on_the_rounded_value_through_every_apply():
     assert np.all((new == lo) | (new == hi))
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_large_steps_within_a_factor_of_two_still_land_on_a_neighbour(dtype):
+    """Sterbenz's lemma: when the new value is within a factor of two of the old one the
+    difference is representable, so even a step of 60 % of the parameter lands exactly."""
+    opt = stochastic_rounding(adamjax.sgd(1.0), jax.random.key(3))
+    rng = np.random.default_rng(0)
+    old = rng.uniform(0.5, 4.0, 2000) * rng.choice([-1.0, 1.0], 2000)
+    params = {"w": jnp.asarray(old).astype(dtype)}
+    old = np.asarray(params["w"].astype(jnp.float32), np.float64)
+    frac = rng.uniform(-0.45, 0.45, 2000)  # new = old * (1 - frac): within a factor of two
+    grads = {"w": jnp.asarray(old * frac, jnp.float32)}
+    u, _ = opt.update(grads, opt.init(params), params)
+    new = np.asarray(optax.apply_updates(params, u)["w"].astype(jnp.float32), np.float64)
+    g32 = np.asarray(grads["w"])
+    target = (old.astype(np.float32) - g32).astype(np.float64)  # theta + u, in float32
+    lo, hi = _neighbours(target, dtype)
+    assert np.all((new == lo) | (new == hi))
+
+
 def test_key_advances_and_state_is_reproducible():
     opt = stochastic_rounding(adamjax.sgd(1e-4), 3)
     a = _train(opt, steps=20)["w"]
