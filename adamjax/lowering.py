@@ -299,14 +299,15 @@ def _maybe_native(mode: str, plan: _Plan, force: bool, grads, state, params):
     lr, new_lr_state = _scheduled(plan.lr.hyper["learning_rate"], state[-1])
     flags: tuple[bool, ...] | None = None
     new_wd_state: tuple = ()
+    why: tuple[str, type[Exception]] | None = None
     if plan.decay is None:
         values = plan.values(lr)
-        why = None
     else:
         wd, wd_state = _scheduled(plan.decay.hyper["weight_decay"], state[-2])
         new_wd_state = (wd_state,)
         values = plan.values(lr, wd)
-        flags, why = _decay_flags(plan.decay.options["mask"], params, treedef)
+        flags, why_mask = _decay_flags(plan.decay.options["mask"], params, treedef)
+        why = None if why_mask is None else (why_mask, TypeError)
     why = why or _why_not_here(plan, values, g, mu, nu, p)
     if why is None and sum(jnp.size(x) for x in g) == 0:
         return None  # nothing to compute
@@ -392,9 +393,11 @@ def _hyper(plan: _Plan, v: dict[str, Any], old_count: jax.Array):
     one = jnp.ones([], jnp.float32)
     inv_c1 = inv_c2 = one
     if plan.bias is not None:
+        which = plan.bias.options  # bias_correct(mu=..., nu=...): both when absent
         cb1 = v["b1"] if v["cb1"] is None else v["cb1"]
-        inv_c1 = 1 / _correction(cb1, count, v["enabled"])
-        if plan.algo != "adamax":
+        if which.get("mu", True):
+            inv_c1 = 1 / _correction(cb1, count, v["enabled"])
+        if plan.algo != "adamax" and which.get("nu", True):
             cb2 = v["b2"] if v["cb2"] is None else v["cb2"]
             inv_c2 = 1 / _correction(cb2, count, v["enabled"])
     b1, b2, decay = v["b1"], v["b2"], v["b1_decay"]
