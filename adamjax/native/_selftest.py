@@ -127,14 +127,14 @@ def self_test() -> bool:
             p, g, m = (rng.standard_normal(5).astype(np.float32) for _ in range(3))
             v = np.abs(rng.standard_normal(5)).astype(np.float32)
             leaf = tuple(jax.device_put(x, cpu) for x in (p, g, m, v))
-            values = (-1e-3, 0.9, 0.1, 0.999, 1e-3, 1e-8, 10, 300)
+            adam = Hyper(*(np.float32(x) for x in (-1e-3, 0.9, 0.1, 0.999, 1e-3, 1e-8, 10, 300)))
             ok = True
             for algo, mode, wd in (
                 ("adam", "apply", None),
                 ("adamw", "apply", 0.5),
                 ("adamw", "update", 0.5),
             ):
-                h = Hyper(*(np.float32(x) for x in values), weight_decay=wd and np.float32(wd))
+                h = adam._replace(weight_decay=None if wd is None else np.float32(wd))
                 # Jitted, so that XLA fuses (and contracts) the reference as in real use.
                 got = jax.jit(
                     lambda *a, algo=algo, mode=mode, h=h: _calls.step(
