@@ -73,8 +73,8 @@ def chain(*transforms: Any, implementation: str = "auto") -> GradientTransformat
     r"""Compose transformations left to right, like :func:`optax.chain` (same state).
 
     ``adamjax.adam`` is ``chain(scale_by_moments, bias_correct, precondition,
-    scale_by_lr)``. When the parts are exactly such a chain of adamjax primitives (Adam's
-    or AdaMax's, with or without ``bias_correct``), the result is lowered: it owns the
+    scale_by_lr)``. When the parts are exactly such a chain of adamjax primitives (Adam's,
+    AdaMax's or AdamW's, with or without ``bias_correct``), the result is lowered: it owns the
     kernel's fused apply (:func:`adamjax.apply_gradients`), and with
     ``implementation="native"`` its ``update`` runs the kernel too, where the module
     docstring says it can, with the same results bit for bit.
