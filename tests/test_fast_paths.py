@@ -357,6 +357,29 @@ def test_grad_through_update_is_the_chains():
     assert float(got[0]) != 0.0
 
 
+def test_grad_through_adamw_update_is_the_chains():
+    """AdamW with a mask: the derivative w.r.t. the learning rate, the weight decay, the
+    gradients and the parameters (read by the decay term) is the chain's."""
+
+    def loss_of(impl):
+        def loss(lr, wd, g, p, st):
+            mask = {"w": True, "b": False, "big": True, "empty": True}
+            opt = adamjax.adamw(lr, weight_decay=wd, mask=mask, implementation=impl)
+            u, new = opt.update(g, st, p)
+            leaves = jax.tree.leaves((u, new[0].mu, new[0].nu))
+            return sum(jnp.sum(jnp.cos(3.0 * x)) for x in leaves)
+
+        return loss
+
+    params = params_tree()
+    st = run_updates(make_adamw("jax"), params, steps=2)[2]
+    args = (jnp.float32(1e-2), jnp.float32(0.1), grads_at(params, 3), params, st)
+    got = jax.jit(jax.grad(loss_of("native"), argnums=(0, 1, 2, 3)))(*args)
+    want = jax.jit(jax.grad(loss_of("jax"), argnums=(0, 1, 2, 3)))(*args)
+    assert_same(got, want)
+    assert float(got[0]) != 0.0 and float(got[1]) != 0.0  # the test can fail
+
+
 def test_jvp_through_update_is_the_chains():
     params = params_tree()
     st = run_updates(adam("jax"), params, steps=2)[2]
