@@ -21,7 +21,7 @@ from adamjax.precondition import precondition
 from adamjax.rectify import precondition_rectified
 from adamjax.weight_decay import add_decayed_weights
 
-__all__ = ["adamw", "amsgrad", "nadam", "radam"]
+__all__ = ["adamw", "amsgrad", "nadam", "nadamw", "radam"]
 
 
 def _moments(fn: str, learning_rate, b1, b2, state_dtype, mu_dtype, nu_dtype):
@@ -102,6 +102,46 @@ def adamw(
         implementation=implementation,
     )
     return keep_gradient_dtype(opt, "adamw")
+
+
+def nadamw(
+    learning_rate: Any,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    eps_root: Any = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: Any = 1e-4,
+    mask: Any = None,
+    *,
+    nu_dtype: Any | None = None,
+    state_dtype: Any | None = None,
+) -> GradientTransformation:
+    r"""NAdamW: :func:`adamw` with NAdam's look-ahead, Optax's ``nadamw``.
+
+    .. math::
+        \theta_t = \theta_{t-1} - \alpha_t \Big(\frac{\hat m_t}{\sqrt{\hat v_t +
+        \epsilon_{root}} + \epsilon} + \lambda\, \theta_{t-1}\Big), \qquad
+        \hat m_t = \frac{\beta_1 m_t}{1-\beta_1^{t+1}} + \frac{(1-\beta_1) g_t}{1-\beta_1^t}
+
+    (Dozat, ICLR 2016 workshop, with constant :math:`\mu_t = \beta_1`, as :func:`nadam`;
+    decoupled decay of Loshchilov & Hutter, ICLR 2019.) Arguments as :func:`adamw`; it is
+    ``adamw(..., nesterov=True)``, which runs the chain (the native kernel has no
+    look-ahead).
+    """
+    return adamw(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        mu_dtype,
+        weight_decay,
+        mask,
+        nesterov=True,
+        nu_dtype=nu_dtype,
+        state_dtype=state_dtype,
+    )
 
 
 def amsgrad(

@@ -140,6 +140,11 @@ OPTAX = [
         optax.adamw(1e-2, weight_decay=0.1, mask=_decay_matrices),
     ),
     ("nadamw", adamjax.adamw(1e-2, nesterov=True), optax.adamw(1e-2, nesterov=True)),
+    (
+        "nadamw-alias",
+        adamjax.nadamw(1e-2, 0.8, 0.99, weight_decay=0.1, mask=_decay_matrices),
+        optax.nadamw(1e-2, 0.8, 0.99, weight_decay=0.1, mask=_decay_matrices),
+    ),
     ("amsgrad", adamjax.amsgrad(1e-2, b2=0.99), optax.amsgrad(1e-2, b2=0.99)),
     *[
         (
