@@ -4,8 +4,8 @@
 // or bfloat16 (loaded as float32, stored rounded to nearest even, NaN kept as a quiet NaN
 // of the same sign, like XLA's convert). The math runs in float32 in exactly the order of
 // the composed pure-JAX chain of adamjax (scale_by_moments, bias_correct, precondition,
-// scale_by_lr, apply_updates) as XLA compiles it for the CPU, without FMA contraction, so
-// that the results are the same bit for bit. (XLA's simplifier turns the bias corrections
+// [add_decayed_weights for AdamW], scale_by_lr, apply_updates) as XLA compiles it for the
+// CPU, without FMA contraction, so that the results are the same bit for bit. (XLA's simplifier turns the bias corrections
 // `m / broadcast(1 - b1**t)` into `m * broadcast(1 / (1 - b1**t))`; the kernel receives
 // those reciprocals.) Every hyperparameter arrives at run time, one row of a float32 operand per
 // config (a leading vmap axis becomes several rows; see kNumHyper). Whether to contract
