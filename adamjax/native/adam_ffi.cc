@@ -5,10 +5,11 @@
 // of the same sign, like XLA's convert). The math runs in float32 in exactly the order of
 // the composed pure-JAX chain of adamjax (scale_by_moments, bias_correct, precondition,
 // [add_decayed_weights for AdamW], scale_by_lr, apply_updates) as XLA compiles it for the
-// CPU, without FMA contraction, so that the results are the same bit for bit. (XLA's simplifier turns the bias corrections
-// `m / broadcast(1 - b1**t)` into `m * broadcast(1 / (1 - b1**t))`; the kernel receives
-// those reciprocals.) Every hyperparameter arrives at run time, one row of a float32 operand per
-// config (a leading vmap axis becomes several rows; see kNumHyper). Whether to contract
+// CPU, without FMA contraction, so that the results are the same bit for bit. (XLA's
+// simplifier turns the bias corrections `m / broadcast(1 - b1**t)` into
+// `m * broadcast(1 / (1 - b1**t))`; the kernel receives those reciprocals.) Every
+// hyperparameter arrives at run time, one row of a float32 operand per config (a leading
+// vmap axis becomes several rows; see kNumHyper). Whether to contract
 // a*b + c into an FMA as XLA's CPU code does is the call's attribute `fma` (it depends on
 // how XLA compiles, not on the data).
 //
@@ -53,8 +54,9 @@ namespace ffi = xla::ffi;
 namespace {
 
 // ---------------------------------------------------------------------------------------
-// Hyperparameters: one row of kNumHyper (AdamW: kNumHyperW) float32 values per config, computed by the Python
-// binding with the same JAX expressions as the pure path (so they match it bit for bit).
+// Hyperparameters: one row of kNumHyper (AdamW: kNumHyperW) float32 values per config,
+// computed by the Python binding with the same JAX expressions as the pure path (so they
+// match it bit for bit).
 enum HyperIndex : int {
   kNegLr = 0,    // -learning_rate
   kB1 = 1,       // b1
