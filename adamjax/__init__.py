@@ -11,7 +11,7 @@ per line of the paper's Algorithm 1::
 
 from adamjax._version import __version__
 from adamjax.adadelta import AdadeltaState, scale_by_adadelta
-from adamjax.adam_family import adamw, amsgrad, nadam, radam
+from adamjax.adam_family import adamw, amsgrad, nadam, nadamw, radam
 from adamjax.aliases import adadelta, adagrad, adam, adamax, rmsprop, sgd
 from adamjax.amsgrad import MaxNuState, keep_max_nu
 from adamjax.averaging import TemporalAverageState, averaged_params, temporal_averaging
@@ -96,6 +96,7 @@ __all__ = [
     "adamw",
     "amsgrad",
     "nadam",
+    "nadamw",
     "radam",
     "add_decayed_weights",
     "bias_correct_nesterov",

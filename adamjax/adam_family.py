@@ -21,7 +21,7 @@ from adamjax.precondition import precondition
 from adamjax.rectify import precondition_rectified
 from adamjax.weight_decay import add_decayed_weights
 
-__all__ = ["adamw", "amsgrad", "nadam", "radam"]
+__all__ = ["adamw", "amsgrad", "nadam", "nadamw", "radam"]
 
 
 def _moments(fn: str, learning_rate, b1, b2, state_dtype, mu_dtype, nu_dtype):
@@ -42,6 +42,7 @@ def adamw(
     nesterov: bool = False,
     nu_dtype: Any | None = None,
     state_dtype: Any | None = None,
+    implementation: str = "auto",
 ) -> GradientTransformation:
     r"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, ICLR 2019, Algorithm 2).
 
@@ -56,12 +57,41 @@ def adamw(
     Args:
       learning_rate: :math:`\alpha` or a schedule. b1, b2, eps, eps_root: as :func:`adam`.
       mu_dtype, nu_dtype, state_dtype: storage dtypes of the moments (math in float32).
-      weight_decay: :math:`\lambda \ge 0`; Optax's default 1e-4 (PyTorch's is 1e-2).
+      weight_decay: :math:`\lambda \ge 0`; Optax's default 1e-4 (PyTorch's is 1e-2). A
+        number, a float32 scalar array (e.g. traced under ``jax.vmap``) or, as in Optax, a
+        schedule ``count -> lambda_t`` of the 0-based step count.
       mask: the leaves that decay, as in Optax: a tree of booleans with the parameters'
         structure, or a function ``params -> tree``; ``None`` decays every leaf.
       nesterov: NAdam's look-ahead (NAdamW), as Optax's ``nesterov``.
+      implementation: as :func:`adamjax.adam`'s: ``"auto"`` runs the native CPU kernel in
+        :func:`adamjax.apply_gradients` (and the Flax train states) where it gives the chain's
+        results bit for bit, ``update`` the chain; ``"native"`` runs ``update`` on the kernel
+        too (or raises); ``"jax"`` always the chain. The kernel takes a number, float32
+        array or schedule for ``learning_rate`` and ``weight_decay``, a mask of Python
+        booleans (or a function returning one), float32 or bfloat16 moments; not
+        ``nesterov``, ``eps_root`` other than 0 or separate ``mu_dtype``/``nu_dtype``
+        (docs/fast-paths.md).
+
+    Examples:
+      The first step is :math:`-\alpha(\mathrm{sign}(g) + \lambda\theta)` up to
+      :math:`\epsilon`:
+
+      >>> import jax.numpy as jnp
+      >>> import adamjax
+      >>> opt = adamjax.adamw(0.1, weight_decay=0.5)
+      >>> params = jnp.array([2.0, -4.0])
+      >>> updates, _ = opt.update(jnp.array([3.0, 1.0]), opt.init(params), params)
+      >>> bool(jnp.allclose(updates, -0.1 * (jnp.array([1.0, 1.0]) + 0.5 * params)))
+      True
     """
     _validate.check_bool("adamw", "nesterov", nesterov)
+    if nesterov or mu_dtype is not None or nu_dtype is not None:  # not the native kernel's
+        if implementation == "native":
+            raise ValueError(
+                "adamw: implementation='native' cannot run nesterov=True or separate "
+                "mu_dtype/nu_dtype; use state_dtype, or implementation='auto'."
+            )
+        implementation = "jax"
     correct = bias_correct_nesterov() if nesterov else bias_correct()
     opt = chain(
         _moments("adamw", learning_rate, b1, b2, state_dtype, mu_dtype, nu_dtype),  # m_t, v_t
@@ -69,8 +99,49 @@ def adamw(
         precondition(eps, eps_root),  # m_hat_t / (sqrt(v_hat_t) + eps)
         add_decayed_weights(weight_decay, mask),  # ... + lambda * theta_{t-1}
         scale_by_lr(learning_rate),  # theta_t = theta_{t-1} - alpha_t * ...
+        implementation=implementation,
     )
     return keep_gradient_dtype(opt, "adamw")
+
+
+def nadamw(
+    learning_rate: Any,
+    b1: Any = 0.9,
+    b2: Any = 0.999,
+    eps: Any = 1e-8,
+    eps_root: Any = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: Any = 1e-4,
+    mask: Any = None,
+    *,
+    nu_dtype: Any | None = None,
+    state_dtype: Any | None = None,
+) -> GradientTransformation:
+    r"""NAdamW: :func:`adamw` with NAdam's look-ahead, Optax's ``nadamw``.
+
+    .. math::
+        \theta_t = \theta_{t-1} - \alpha_t \Big(\frac{\hat m_t}{\sqrt{\hat v_t +
+        \epsilon_{root}} + \epsilon} + \lambda\, \theta_{t-1}\Big), \qquad
+        \hat m_t = \frac{\beta_1 m_t}{1-\beta_1^{t+1}} + \frac{(1-\beta_1) g_t}{1-\beta_1^t}
+
+    (Dozat, ICLR 2016 workshop, with constant :math:`\mu_t = \beta_1`, as :func:`nadam`;
+    decoupled decay of Loshchilov & Hutter, ICLR 2019.) Arguments as :func:`adamw`; it is
+    ``adamw(..., nesterov=True)``, which runs the chain (the native kernel has no
+    look-ahead).
+    """
+    return adamw(
+        learning_rate,
+        b1,
+        b2,
+        eps,
+        eps_root,
+        mu_dtype,
+        weight_decay,
+        mask,
+        nesterov=True,
+        nu_dtype=nu_dtype,
+        state_dtype=state_dtype,
+    )
 
 
 def amsgrad(
@@ -80,6 +151,8 @@ def amsgrad(
     eps: Any = 1e-8,
     eps_root: Any = 0.0,
     mu_dtype: Any | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
     *,
     nu_dtype: Any | None = None,
     state_dtype: Any | None = None,
@@ -97,10 +170,19 @@ def amsgrad(
     The paper itself has no bias correction (drop ``bias_correct``). The three differ while
     :math:`1-\beta_2^t` still changes, i.e. in the first few thousand steps for
     :math:`\beta_2 = 0.999`.
+
+    ``bias_correction_mu`` / ``bias_correction_nu`` (Optax's arguments, same meaning):
+    ``False`` leaves :math:`m_t` / :math:`v_t` uncorrected; both ``False`` is the paper's
+    Algorithm 2 with :math:`\beta_{1t} = \beta_1`.
     """
+    _validate.check_bool("amsgrad", "bias_correction_mu", bias_correction_mu)
+    _validate.check_bool("amsgrad", "bias_correction_nu", bias_correction_nu)
+    correct = []
+    if bias_correction_mu or bias_correction_nu:  # m_hat_t, v_hat_t
+        correct = [bias_correct(mu=bias_correction_mu, nu=bias_correction_nu)]
     opt = chain(
         _moments("amsgrad", learning_rate, b1, b2, state_dtype, mu_dtype, nu_dtype),  # m, v
-        bias_correct(),  # m_hat_t, v_hat_t
+        *correct,
         keep_max_nu(nu_dtype=nu_dtype if nu_dtype is not None else state_dtype),  # max(.)
         precondition(eps, eps_root),  # m_hat_t / (sqrt(vmax_t) + eps)
         scale_by_lr(learning_rate),

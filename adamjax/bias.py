@@ -42,7 +42,9 @@ def _agree(name: str, given: Any, recorded: float | None) -> None:
         )
 
 
-def bias_correct(b1: Any = None, b2: Any = None, *, enabled: Any = True) -> GradientTransformation:
+def bias_correct(
+    b1: Any = None, b2: Any = None, *, enabled: Any = True, mu: bool = True, nu: bool = True
+) -> GradientTransformation:
     r"""Divide the moments by their initialisation bias (Algorithm 1, lines 9-10).
 
     .. math::
@@ -63,11 +65,20 @@ def bias_correct(b1: Any = None, b2: Any = None, *, enabled: Any = True) -> Grad
       enabled: ``True`` (default), or a boolean JAX array, possibly traced, so that one
         compiled program can hold corrected and uncorrected runs (``jnp.where``). Pass
         ``False`` only through the alias; to drop correction, leave this primitive out.
+      mu, nu: which moment to correct (static booleans, at least one True). Optax's
+        ``amsgrad`` has these as ``bias_correction_mu`` and ``bias_correction_nu``; its
+        paper (Reddi et al.) corrects neither.
 
     Returns:
       A stateless transformation from :class:`Moments` to corrected :class:`Moments`.
     """
     fn = "bias_correct"
+    _validate.check_bool(fn, "mu", mu)
+    _validate.check_bool(fn, "nu", nu)
+    if not (mu or nu):
+        raise ValueError(
+            f"{fn}: mu=False and nu=False correct nothing; leave bias_correct out of the chain."
+        )
     if b1 is not None:
         _validate.check_beta(fn, "b1", b1)
     if b2 is not None:
@@ -105,12 +116,13 @@ def bias_correct(b1: Any = None, b2: Any = None, *, enabled: Any = True) -> Grad
         def corr_mu(mu):
             return mu / _correction(m.b1, m.count, jnp.finfo(mu.dtype).dtype, enabled)
 
-        mu = jax.tree.map(corr_mu, m.mu)
-        if m.kind == "inf_norm":
-            nu = m.nu
+        new_mu = jax.tree.map(corr_mu, m.mu) if mu else m.mu
+        if m.kind == "inf_norm" or not nu:
+            new_nu = m.nu
         else:
-            nu = jax.tree.map(lambda v: v / _correction(m.b2, m.count, v.dtype, enabled), m.nu)
-        return m.replace(mu=mu, nu=nu, corrected=True), state
+            new_nu = jax.tree.map(lambda v: v / _correction(m.b2, m.count, v.dtype, enabled), m.nu)
+        return m.replace(mu=new_mu, nu=new_nu, corrected=True), state
 
-    spec = Spec(fn, {"b1": b1, "b2": b2, "enabled": enabled}, {}, bias_correct)
+    options = {} if mu and nu else {"mu": mu, "nu": nu}
+    spec = Spec(fn, {"b1": b1, "b2": b2, "enabled": enabled}, options, bias_correct)
     return Primitive(init, update, spec)

@@ -9,6 +9,8 @@ runs the kernel's update form. The patterns (Kingma & Ba, ICLR 2015, Algorithms 
 
     Adam:    scale_by_moments    -> [bias_correct] -> precondition -> scale_by_lr
     AdaMax:  scale_by_inf_moment -> [bias_correct] -> precondition -> scale_by_lr
+    AdamW:   scale_by_moments    -> [bias_correct] -> precondition
+                                 -> add_decayed_weights -> scale_by_lr
 
 per element, with :math:`t` the step and :math:`c_i = 1 - \beta_i^t` (1 without
 ``bias_correct``):
@@ -17,13 +19,19 @@ per element, with :math:`t` the step and :math:`c_i = 1 - \beta_i^t` (1 without
     m_t = \beta_1 m + (1-\beta_1) g,\quad v_t = \beta_2 v + (1-\beta_2) g^2
     \ (\text{AdaMax: } u_t = \max(\beta_2 u, |g|)),\quad
     u = -\alpha_t \frac{m_t / c_1}{\sqrt{v_t / c_2} + \epsilon}
-    \ (\text{AdaMax: } -\alpha_t \frac{m_t / c_1}{u_t + \epsilon})
+    \ (\text{AdaMax: } -\alpha_t \frac{m_t / c_1}{u_t + \epsilon};
+    \ \text{AdamW: } -\alpha_t (\frac{m_t / c_1}{\sqrt{v_t / c_2} + \epsilon}
+    + \lambda_t \theta))
+
+(AdamW: Loshchilov & Hutter, ICLR 2019, Algorithm 2, with :math:`\eta_t = \alpha_t`.)
 
 The kernel runs when, at trace time: ``implementation`` is not ``"jax"``; the default
 backend is the CPU with a single CPU device (XLA's SPMD partitioner would replicate a
 custom call over a mesh) and 64-bit mode is off; the configuration is one the kernel has
 (``eps_root`` the number 0, a first moment stored, moments stored as float32 or
-bfloat16; any ``b1_decay``, folded into the step's ``b1_t``); every
+bfloat16; any ``b1_decay``, folded into the step's ``b1_t``; AdamW's ``weight_decay`` a
+number, a float32 scalar array or a schedule, and its mask's leaves Python booleans, the
+leaves masked out running Adam's kernel); every
 gradient leaf is float32 (params too, for the fused apply) with float32/bfloat16 moments;
 array hyperparameters are float32 scalars (a boolean for ``enabled``); and the library
 loaded and passed its self-test. Otherwise the chain runs as written. Its outputs are
@@ -45,6 +53,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.custom_derivatives import SymbolicZero
 
@@ -64,8 +73,8 @@ def chain(*transforms: Any, implementation: str = "auto") -> GradientTransformat
     r"""Compose transformations left to right, like :func:`optax.chain` (same state).
 
     ``adamjax.adam`` is ``chain(scale_by_moments, bias_correct, precondition,
-    scale_by_lr)``. When the parts are exactly such a chain of adamjax primitives (Adam's
-    or AdaMax's, with or without ``bias_correct``), the result is lowered: it owns the
+    scale_by_lr)``. When the parts are exactly such a chain of adamjax primitives (Adam's,
+    AdaMax's or AdamW's, with or without ``bias_correct``), the result is lowered: it owns the
     kernel's fused apply (:func:`adamjax.apply_gradients`), and with
     ``implementation="native"`` its ``update`` runs the kernel too, where the module
     docstring says it can, with the same results bit for bit.
@@ -138,16 +147,20 @@ def _is_number(x: Any, value: float) -> bool:
 class _Plan:
     """A recognised chain: its algorithm and the specs of its parts."""
 
-    algo: str  # "adam" or "adamax"
+    algo: str  # "adam", "adamax" or "adamw"
     moments: Spec
     bias: Spec | None
     precondition: Spec
     lr: Spec
+    decay: Spec | None = None  # add_decayed_weights (AdamW)
 
-    def values(self, lr: Any) -> dict[str, Any]:
-        """The hyperparameters as given, with the learning rate of this step."""
+    def values(self, lr: Any, wd: Any = None) -> dict[str, Any]:
+        """The hyperparameters as given, with the learning rate (and, for AdamW, the weight
+        decay) of this step."""
         bias = self.bias.hyper if self.bias is not None else {}
+        decay = {} if self.decay is None else {"wd": wd}
         return {
+            **decay,
             "b1": self.moments.hyper["b1"],
             "b2": self.moments.hyper["b2"],
             "b1_decay": self.moments.hyper.get("b1_decay", 1.0),
@@ -158,8 +171,9 @@ class _Plan:
             "lr": lr,
         }
 
-    def pure(self, v: dict[str, Any]) -> optax.GradientTransformation:
-        """The chain rebuilt from its primitives with the hyperparameters ``v``."""
+    def pure(self, v: dict[str, Any], mask: Any = None) -> optax.GradientTransformation:
+        """The chain rebuilt from its primitives with the hyperparameters ``v``; AdamW's
+        decay with ``mask`` (``False``: the chain without it, i.e. Adam's)."""
         rates = {"b1": v["b1"], "b2": v["b2"]}
         if "b1_decay" in self.moments.hyper:
             rates["b1_decay"] = v["b1_decay"]
@@ -167,6 +181,8 @@ class _Plan:
         if self.bias is not None:
             parts.append(self.bias.rebuild(b1=v["cb1"], b2=v["cb2"], enabled=v["enabled"]))
         parts.append(self.precondition.rebuild(eps=v["eps"]))
+        if self.decay is not None and mask is not False:
+            parts.append(self.decay.build(weight_decay=v["wd"], mask=mask))
         parts.append(self.lr.rebuild(learning_rate=v["lr"]))
         return optax.chain(*parts)
 
@@ -179,10 +195,15 @@ def _match(transforms: tuple) -> tuple[_Plan | None, str]:
     names = [s.name for s in specs if s is not None]
     shape = [n for n in names if n != "bias_correct"]
     algo = _ALGO.get(names[0])
-    if algo is None or shape[1:] != ["precondition", "scale_by_lr"] or len(names) > 4:
+    if algo == "adam" and shape[1:] == ["precondition", "add_decayed_weights", "scale_by_lr"]:
+        algo = "adamw"
+    elif shape[1:] != ["precondition", "scale_by_lr"]:
+        algo = None
+    if algo is None or len(names) != len(shape) + (names[1] == "bias_correct"):
         return None, f"{' -> '.join(names)} is not a chain the kernel knows"
     bias = specs[1] if names[1] == "bias_correct" else None
-    moments, precond, lr = specs[0], specs[-2], specs[-1]
+    decay = specs[-2] if algo == "adamw" else None
+    moments, precond, lr = specs[0], specs[names.index("precondition")], specs[-1]
     assert moments is not None and precond is not None and lr is not None
     m = moments.hyper
     if _is_number(m["b1"], 0.0) and _is_number(m.get("b1_decay", 1.0), 1.0):
@@ -194,7 +215,7 @@ def _match(transforms: tuple) -> tuple[_Plan | None, str]:
     if not _is_number(precond.hyper.get("eps_root", 0.0), 0.0):
         eps_root = precond.hyper["eps_root"]
         return None, f"eps_root={eps_root!r} (the kernel has no epsilon inside the root)"
-    return _Plan(algo, moments, bias, precond, lr), ""
+    return _Plan(algo, moments, bias, precond, lr, decay), ""
 
 
 # ----------------------------------------------------------------------------------------
@@ -267,21 +288,27 @@ def _maybe_native(mode: str, plan: _Plan, force: bool, grads, state, params):
         if force:
             raise ValueError("implementation='native' needs 64-bit mode (jax_enable_x64) off.")
         return None
-    if mode == "apply" and params is None:
-        return None
-    ms, lr_state = state[0], state[-1]
+    reads_params = mode == "apply" or plan.decay is not None
+    if reads_params and params is None:
+        return None  # the chain says what is missing
+    ms = state[0]
     g, flat_def = jax.tree.flatten(grads)
     treedef: Any = flat_def
     mu, nu = treedef.flatten_up_to(ms.mu), treedef.flatten_up_to(ms.nu)
-    p = treedef.flatten_up_to(params) if mode == "apply" else None
-    learning_rate = plan.lr.hyper["learning_rate"]
-    if callable(learning_rate):
-        lr = learning_rate(lr_state.count)
-        new_lr_state = lr_state._replace(count=safe_increment(lr_state.count))
+    p = treedef.flatten_up_to(params) if reads_params else None
+    lr, new_lr_state = _scheduled(plan.lr.hyper["learning_rate"], state[-1])
+    flags: tuple[bool, ...] | None = None
+    new_wd_state: tuple = ()
+    why: tuple[str, type[Exception]] | None = None
+    if plan.decay is None:
+        values = plan.values(lr)
     else:
-        lr, new_lr_state = learning_rate, lr_state
-    values = plan.values(lr)
-    why = _why_not_here(plan, values, g, mu, nu, p)
+        wd, wd_state = _scheduled(plan.decay.hyper["weight_decay"], state[-2])
+        new_wd_state = (wd_state,)
+        values = plan.values(lr, wd)
+        flags, why_mask = _decay_flags(plan.decay.options["mask"], params, treedef)
+        why = None if why_mask is None else (why_mask, TypeError)
+    why = why or _why_not_here(plan, values, g, mu, nu, p)
     if why is None and sum(jnp.size(x) for x in g) == 0:
         return None  # nothing to compute
     if why is not None:
@@ -299,15 +326,47 @@ def _maybe_native(mode: str, plan: _Plan, force: bool, grads, state, params):
         return None
     static = {k: x for k, x in values.items() if not isinstance(x, jax.Array)}
     dynamic = {k: x for k, x in values.items() if isinstance(x, jax.Array)}
-    step = _custom_step(mode, plan, static, treedef)
+    step = _custom_step(mode, plan, static, flags)
     first, new_mu, new_nu = step(dynamic, p or [], g, mu, nu, ms.count)
     new_ms = ms._replace(
         count=safe_increment(ms.count),
         mu=treedef.unflatten(new_mu),
         nu=treedef.unflatten(new_nu),
     )
-    new_state = type(state)((new_ms, *state[1:-1], new_lr_state))
+    kept = state[1 : len(state) - 1 - len(new_wd_state)]
+    new_state = type(state)((new_ms, *kept, *new_wd_state, new_lr_state))
     return treedef.unflatten(first), new_state
+
+
+def _scheduled(value: Any, state: Any) -> tuple[Any, Any]:
+    """A hyperparameter's value at this step and its primitive's next state: a schedule is
+    called with the state's count (which then advances), as scale_by_lr and
+    add_decayed_weights do."""
+    if callable(value) and not hasattr(value, "dtype"):
+        return value(state.count), state._replace(count=safe_increment(state.count))
+    return value, state
+
+
+def _decay_flags(mask: Any, params: Any, treedef: Any) -> tuple[Any, str | None]:
+    """Which leaves AdamW decays, as Python booleans (``None`` and why when the mask's
+    leaves are not static booleans: the chain then runs as written)."""
+    if mask is None:
+        return (True,) * treedef.num_leaves, None
+    from adamjax.weight_decay import _mask_tree
+
+    try:
+        leaves = treedef.flatten_up_to(_mask_tree(mask, params))
+    except ValueError:  # the chain raises its own error about the mask
+        return None, "a mask with the structure of the parameters"
+    flags = []
+    for x in leaves:
+        static_bool = isinstance(x, (bool, np.bool_)) or (
+            isinstance(x, np.ndarray) and x.shape == () and x.dtype == np.bool_
+        )
+        if not static_bool:
+            return None, f"a mask of Python booleans (got a leaf {type(x).__name__})"
+        flags.append(bool(x))
+    return tuple(flags), None
 
 
 # ----------------------------------------------------------------------------------------
@@ -326,54 +385,85 @@ def _correction(beta: Any, count: jax.Array, enabled: Any) -> jax.Array:
 
 def _hyper(plan: _Plan, v: dict[str, Any], old_count: jax.Array):
     """The kernel's scalars, computed with the chain's own expressions so that they are
-    the same bits (XLA turns the chain's ``m / c`` into ``m * (1 / c)``)."""
+    the same bits (XLA turns the chain's ``m / c`` into ``m * (1 / c)``); AdamW's hold the
+    weight decay too."""
     from adamjax.native import Hyper
 
     count = safe_increment(old_count)
     one = jnp.ones([], jnp.float32)
     inv_c1 = inv_c2 = one
     if plan.bias is not None:
+        which = plan.bias.options  # bias_correct(mu=..., nu=...): both when absent
         cb1 = v["b1"] if v["cb1"] is None else v["cb1"]
-        inv_c1 = 1 / _correction(cb1, count, v["enabled"])
-        if plan.algo == "adam":
+        if which.get("mu", True):
+            inv_c1 = 1 / _correction(cb1, count, v["enabled"])
+        if plan.algo != "adamax" and which.get("nu", True):
             cb2 = v["b2"] if v["cb2"] is None else v["cb2"]
             inv_c2 = 1 / _correction(cb2, count, v["enabled"])
     b1, b2, decay = v["b1"], v["b2"], v["b1_decay"]
     # Sec. 4's b1_t = b1 * decay**(t-1), as scale_by_moments computes it; bias_correct
     # keeps the paper's 1 - b1**t.
     b1_t = b1 if _is_number(decay, 1.0) else b1 * decay ** (count - 1).astype(jnp.float32)
-    return Hyper(-v["lr"], b1_t, 1 - b1_t, b2, 1 - b2, v["eps"], inv_c1, inv_c2)
+    wd = v["wd"] if plan.decay is not None else None
+    return Hyper(-v["lr"], b1_t, 1 - b1_t, b2, 1 - b2, v["eps"], inv_c1, inv_c2, wd)
 
 
-def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], treedef: Any) -> Callable:
+def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], flags: Any) -> Callable:
     """``step(dynamic, p, g, mu, nu, count) -> (p or u, mu, nu)`` (lists of leaves): the
-    kernel as primal, the pure chain's JVP as derivative, the pure chain off the CPU."""
+    kernel as primal, the pure chain's JVP as derivative, the pure chain off the CPU.
 
-    def pure(dynamic, p, g, mu, nu, count):
-        tx = plan.pure({**static, **dynamic})
-        grads = treedef.unflatten(g)
-        st = tx.init(grads)  # only its structure is used: XLA drops the zeros
-        ms = st[0]._replace(count=count, mu=treedef.unflatten(mu), nu=treedef.unflatten(nu))
-        u, new = tx.update(grads, (ms, *st[1:]))
-        first = apply_updates(treedef.unflatten(p), u) if mode == "apply" else u
-        leaves = treedef.flatten_up_to
-        return leaves(first), leaves(new[0].mu), leaves(new[0].nu)
+    ``flags``: AdamW's decayed leaves (Python booleans), or None for Adam and AdaMax. The
+    decayed leaves run AdamW's kernel, the others Adam's (the chain leaves them untouched,
+    where ``0 * p`` would turn an infinite parameter into NaN); ``p`` is read by both forms
+    of AdamW's step.
+    """
 
-    @jax.custom_jvp
-    def step(dynamic, p, g, mu, nu, count):
+    def pure(dynamic, p, g, mu, nu, count, mask=None):
+        # The chain on lists of leaves (elementwise, so the structure changes no bit).
+        tx = plan.pure({**static, **dynamic}, mask=mask)
+        st = tx.init(g)  # only its structure is used: XLA drops the zeros
+        ms = st[0]._replace(count=count, mu=list(mu), nu=list(nu))
+        u, new = tx.update(list(g), (ms, *st[1:]), list(p) if p else None)
+        first = apply_updates(list(p), u) if mode == "apply" else u
+        return list(first), list(new[0].mu), list(new[0].nu)
+
+    def run(algo, hyper, dynamic, p, g, mu, nu, count, mask):
         from adamjax import native
 
-        hyper = _hyper(plan, {**static, **dynamic}, count)
+        reads_p = mode == "apply" or algo == "adamw"
 
         def fallback(leaves):
             cols = [list(c) for c in zip(*leaves, strict=True)]
-            args = cols if mode == "apply" else [[], *cols]
-            return list(zip(*pure(dynamic, *args, count), strict=True))
+            args = cols if reads_p else [[], *cols]
+            return list(zip(*pure(dynamic, *args, count, mask=mask), strict=True))
 
-        kernel = getattr(native, f"{plan.algo}_{mode}")
-        args = (p, g, mu, nu) if mode == "apply" else (g, mu, nu)
-        outs = kernel(*args, hyper, fallback=fallback)
+        kernel = getattr(native, f"{algo}_{mode}")
+        args = (p, g, mu, nu) if reads_p else (g, mu, nu)
+        return kernel(*args, hyper, fallback=fallback)
+
+    @jax.custom_jvp
+    def step(dynamic, p, g, mu, nu, count):
+        hyper = _hyper(plan, {**static, **dynamic}, count)
+        if flags is None:
+            outs = run(plan.algo, hyper, dynamic, p, g, mu, nu, count, None)
+        else:
+            outs = [None] * len(g)
+            for decayed in (True, False):
+                idx = [i for i, f in enumerate(flags) if f is decayed]
+                if not idx:
+                    continue
+                algo, h = (
+                    ("adamw", hyper) if decayed else ("adam", hyper._replace(weight_decay=None))
+                )
+                pick = [[leaves[i] for i in idx] for leaves in (p, g, mu, nu)]
+                if not decayed and mode == "update":
+                    pick[0] = []
+                res = run(algo, h, dynamic, *pick, count, None if decayed else False)
+                for i, r in zip(idx, res, strict=True):
+                    outs[i] = r
         return tuple(list(col) for col in zip(*outs, strict=True))
+
+    mask_all = None if flags is None else list(flags)
 
     def step_jvp(primals, tangents):
         # Differentiate the pure chain w.r.t. the arguments with nonzero tangents only, so
@@ -386,7 +476,7 @@ def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], treedef: Any) -
             full = list(flat_p)
             for i, x in zip(live, xs, strict=True):
                 full[i] = x
-            return pure(*jax.tree.unflatten(tree, full))
+            return pure(*jax.tree.unflatten(tree, full), mask=mask_all)
 
         return jax.jvp(of_live, [flat_p[i] for i in live], [flat_t[i] for i in live])
 

@@ -21,11 +21,11 @@ and is not carried over to copies with another ``update``. Nothing is hung on th
 runs, whatever it does. A fast path never skips a user's code.
 
 Which transformations own one: a chain that :func:`adamjax.chain` lowers to the native CPU
-kernel (``adamjax.adam``, ``adamjax.adamax`` or the same primitives chained by hand; see
-:mod:`adamjax.lowering` and docs/fast-paths.md), and :func:`adamjax.flat_layout` of any
-transformation. On the CPU the fused apply of Adam reads ``p, g, m, v`` and writes
-``p, m, v`` in place (28 bytes per float32 parameter), where the two-call form also writes
-and re-reads the update.
+kernel (``adamjax.adam``, ``adamjax.adamax``, ``adamjax.adamw`` or the same primitives
+chained by hand; see :mod:`adamjax.lowering` and docs/fast-paths.md), and
+:func:`adamjax.flat_layout` of any transformation. On the CPU the fused apply of Adam reads
+``p, g, m, v`` and writes ``p, m, v`` in place (28 bytes per float32 parameter), where the
+two-call form also writes and re-reads the update.
 """
 
 from __future__ import annotations

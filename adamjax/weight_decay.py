@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 
 from adamjax import _validate
-from adamjax.base import EmptyState, GradientTransformation, expect_updates
+from adamjax.base import EmptyState, GradientTransformation, expect_updates, safe_increment
+from adamjax.lr import ScheduleState
+from adamjax.spec import Primitive, Spec
 
 
 def _mask_tree(mask: Any, params: Any) -> Any:
@@ -41,26 +43,40 @@ def add_decayed_weights(
     regularisation, which the paper shows to be weaker for Adam).
 
     Args:
-      weight_decay: :math:`\lambda \ge 0` (a number or array).
+      weight_decay: :math:`\lambda \ge 0` (a number or array), or a schedule
+        ``count -> lambda_t`` called with the 0-based step count (as Optax's; the state is
+        then a :class:`adamjax.lr.ScheduleState`).
       mask: which leaves decay: a tree of booleans with the parameters' structure, or a
         function ``params -> that tree`` (e.g. to skip biases and norms). ``None``: all.
+        Leaves masked out are left exactly as they came (no ``0 * theta`` is added, so an
+        infinite parameter there gives no NaN).
 
     ``update`` must be given the parameters.
     """
     fn = "add_decayed_weights"
-    _validate.check_nonnegative(fn, "weight_decay", weight_decay)
+    scheduled = callable(weight_decay) and not hasattr(weight_decay, "dtype")
+    if not scheduled:
+        _validate.check_number(
+            fn, "weight_decay", weight_decay, what="a number, an array or a schedule"
+        )
+        _validate.check_nonnegative(fn, "weight_decay", weight_decay)
     if mask is not None and not callable(mask) and not jax.tree.leaves(mask):
         raise ValueError(f"{fn}: mask has no leaves; pass a tree of booleans or a function.")
 
     def init(params):
         del params
-        return EmptyState()
+        return ScheduleState(count=jnp.zeros([], jnp.int32)) if scheduled else EmptyState()
 
     def update(updates, state, params=None):
         updates = expect_updates(
             fn, updates, "Put precondition (or another direction) before add_decayed_weights."
         )
-        if params is None and _validate.is_python_number(weight_decay) and weight_decay == 0:
+        if scheduled:
+            wd = weight_decay(state.count)
+            state = ScheduleState(count=safe_increment(state.count))
+        else:
+            wd = weight_decay
+        if params is None and _validate.is_python_number(wd) and wd == 0:
             return updates, state
         if params is None:
             raise ValueError(f"{fn} needs the parameters: call opt.update(grads, state, params).")
@@ -70,7 +86,7 @@ def add_decayed_weights(
                 return None
             if m is False:
                 return u
-            d = u + (weight_decay * jnp.asarray(p)).astype(u.dtype)
+            d = u + (wd * jnp.asarray(p)).astype(u.dtype)
             return d if m is True else jnp.where(m, d, u)
 
         if mask is None:
@@ -78,4 +94,5 @@ def add_decayed_weights(
         m = _mask_tree(mask, params)
         return jax.tree.map(decay, updates, params, m), state
 
-    return GradientTransformation(init, update)
+    spec = Spec(fn, {"weight_decay": weight_decay}, {"mask": mask}, add_decayed_weights)
+    return Primitive(init, update, spec)

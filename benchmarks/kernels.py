@@ -23,6 +23,7 @@ from benchmarks.timing import Stepper, interleaved
 
 BYTES_PER_PARAM = 28
 LR = 1e-3
+WD = 1e-2
 
 
 def xla_roofline_step(p, m, v, g):
@@ -178,10 +179,28 @@ USER_PATHS = {
         "update",
         adamjax.adam(LR, implementation="native"),
     ),
+    # AdamW: Adam plus wd * p (28 B/param too: the apply form reads p anyway).
+    "optax.adamw update+optax.apply_updates": lambda: ("update", optax.adamw(LR, weight_decay=WD)),
+    "adamjax.adamw update+optax.apply_updates": lambda: (
+        "update",
+        adamjax.adamw(LR, weight_decay=WD),
+    ),
+    "adamjax.apply_gradients(adamjax.adamw)": lambda: (
+        "apply",
+        adamjax.adamw(LR, weight_decay=WD),
+    ),
 }
+# The Optax row each user path is compared with.
+OPTAX_REFERENCE = {"adam": "optax.adam update+optax.apply_updates"}
+OPTAX_REFERENCE["adamw"] = "optax.adamw update+optax.apply_updates"
 
 
-def user_path_cases(n: int):
+def optax_reference(name: str) -> str:
+    """The Optax row to compare the user path ``name`` with."""
+    return OPTAX_REFERENCE["adamw" if "adamw" in name else "adam"]
+
+
+def user_path_cases(n: int, only: str | None = None):
     """One float32 tensor of ``n`` parameters; each case a donated jitted step as a user
     writes it (``opt.update`` + ``optax.apply_updates``, or ``adamjax.apply_gradients``),
     and XLA's ``p, m, v += g`` (28 B/param, trivial math) as the floor."""
@@ -194,6 +213,8 @@ def user_path_cases(n: int):
         )
     }
     for name, make in USER_PATHS.items():
+        if only is not None and only not in name:
+            continue
         form, opt = make()
         p = jnp.full((n,), 0.5, jnp.float32)
         step = _optax_step(opt) if form == "update" else _jax_step(opt)
@@ -201,11 +222,12 @@ def user_path_cases(n: int):
     return cases
 
 
-def run_user_paths(sizes, repeats: int):
-    """Median seconds per step of each user path, per size (cases interleaved)."""
+def run_user_paths(sizes, repeats: int, only: str | None = None):
+    """Median seconds per step of each user path (those whose name holds ``only``, if
+    given), per size (cases interleaved)."""
     out = []
     for n in sizes:
-        cases = user_path_cases(n)
+        cases = user_path_cases(n, only)
         t = interleaved(cases, repeats=repeats)
         out.append({"n": n, "seconds": {k: s / device.inner_steps() for k, s in t.items()}})
         del cases

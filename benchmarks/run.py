@@ -67,8 +67,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     ap.add_argument(
         "--only",
-        choices=["user-paths"],
-        help="run one section: user-paths = the calls users make, at 10M and 50M params",
+        choices=["user-paths", "adamw"],
+        help="run one section: user-paths = the calls users make, at 10M and 50M params; "
+        "adamw = AdamW's user paths at 50M only",
     )
     args = ap.parse_args(argv)
     quick = args.quick
@@ -87,20 +88,24 @@ def main(argv=None) -> int:
     user_sizes = [10_000_000, 50_000_000]
     if not device.on_cpu():
         user_sizes = [50_000_000, 200_000_000]
-    user_runs = kernels.run_user_paths(user_sizes, repeats=7 if quick else 21)
+    only = "adamw" if args.only == "adamw" else None
+    if only:
+        user_sizes = user_sizes[-1:]
+    user_runs = kernels.run_user_paths(user_sizes, repeats=7 if quick else 21, only=only)
     results["user_paths"] = user_runs
-    ref = "optax.adam update+optax.apply_updates"
     for entry in user_runs:
         n, t = entry["n"], entry["seconds"]
         for name, s in t.items():
+            ref = kernels.optax_reference(name)
+            ratio = f"{t[ref] / s:5.2f}x {ref.split()[0]}'s speed" if ref in t else ""
             row(
                 f"user path {n // 1_000_000}M f32",
                 name,
                 _ms(s),
-                f"{t[ref] / s:5.2f}x Optax's speed",
+                ratio,
                 f"{BPP * n / s / 1e9:5.1f} GB/s at 28 B/param",
             )
-    if args.only == "user-paths":
+    if args.only in ("user-paths", "adamw"):
         return _finish(args, results, rows, t_start)
 
     # 1. Single tensors ---------------------------------------------------------------

@@ -120,7 +120,8 @@ def adamw(theta0, grads, alpha, b1=0.9, b2=0.999, eps=1e-8, wd=1e-4, decay=True)
     """Loshchilov & Hutter 2019, Algorithm 2 (AdamW) with the schedule multiplier eta_t = alpha.
 
     theta_t = theta_{t-1} - alpha * (m_hat / (sqrt(v_hat) + eps) + wd * theta_{t-1});
-    ``decay`` may be a boolean array selecting the entries that decay (the mask).
+    ``decay`` may be a boolean array selecting the entries that decay (the mask); ``wd``
+    may be a schedule ``wd(t - 1)`` of the 0-based step.
     """
     theta = np.array(theta0, np.float64)
     m = np.zeros_like(theta)
@@ -133,7 +134,9 @@ def adamw(theta0, grads, alpha, b1=0.9, b2=0.999, eps=1e-8, wd=1e-4, decay=True)
         v = b2 * v + (1 - b2) * g**2
         m_hat = m / (1 - b1**t)
         v_hat = v / (1 - b2**t)
-        theta = theta - alpha * (m_hat / (np.sqrt(v_hat) + eps) + np.where(mask, wd * theta, 0.0))
+        wd_t = wd(t - 1) if callable(wd) else wd
+        decay_term = np.where(mask, wd_t * theta, 0.0)
+        theta = theta - alpha * (m_hat / (np.sqrt(v_hat) + eps) + decay_term)
         out.append(theta.copy())
     return np.stack(out)
 

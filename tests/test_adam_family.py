@@ -31,6 +31,11 @@ PAPER = [
         lambda th, g: ref.adamw(th, g, 1e-2, wd=0.1),
     ),
     (
+        "adamw-weight_decay-schedule",
+        lambda: adamjax.adamw(1e-2, weight_decay=lambda count: 0.5 / (1.0 + count)),
+        lambda th, g: ref.adamw(th, g, 1e-2, wd=lambda t: 0.5 / (1.0 + t)),
+    ),
+    (
         "adamw-b1=0.8,b2=0.99,eps=1e-6",
         lambda: adamjax.adamw(3e-3, 0.8, 0.99, 1e-6, weight_decay=0.5),
         lambda th, g: ref.adamw(th, g, 3e-3, 0.8, 0.99, 1e-6, wd=0.5),
@@ -135,7 +140,25 @@ OPTAX = [
         optax.adamw(1e-2, weight_decay=0.1, mask=_decay_matrices),
     ),
     ("nadamw", adamjax.adamw(1e-2, nesterov=True), optax.adamw(1e-2, nesterov=True)),
+    (
+        "nadamw-alias",
+        adamjax.nadamw(1e-2, 0.8, 0.99, weight_decay=0.1, mask=_decay_matrices),
+        optax.nadamw(1e-2, 0.8, 0.99, weight_decay=0.1, mask=_decay_matrices),
+    ),
     ("amsgrad", adamjax.amsgrad(1e-2, b2=0.99), optax.amsgrad(1e-2, b2=0.99)),
+    *[
+        (
+            f"amsgrad-bias_correction_mu={mu},nu={nu}",
+            adamjax.amsgrad(1e-2, b2=0.99, bias_correction_mu=mu, bias_correction_nu=nu),
+            optax.amsgrad(1e-2, b2=0.99, bias_correction_mu=mu, bias_correction_nu=nu),
+        )
+        for mu, nu in ((False, True), (True, False), (False, False))
+    ],
+    (
+        "adamw-weight_decay-schedule",
+        adamjax.adamw(1e-2, weight_decay=optax.linear_schedule(0.3, 0.0, 10)),
+        optax.adamw(1e-2, weight_decay=optax.linear_schedule(0.3, 0.0, 10)),
+    ),
     ("nadam", adamjax.nadam(1e-2), optax.nadam(1e-2)),
     ("adam-nesterov", adamjax.adam(1e-2, nesterov=True), optax.adam(1e-2, nesterov=True)),
     ("radam", adamjax.radam(1e-2), optax.radam(1e-2)),

@@ -86,6 +86,11 @@ def make_adam(impl, **kw):
     return adamjax.adam(**{"learning_rate": 1e-2, **kw}, implementation=impl)
 
 
+def make_adamw(impl, **kw):
+    """adamjax.adamw(1e-2, weight_decay=0.1, **kw), kernel or chain as make_adam."""
+    return adamjax.adamw(**{"learning_rate": 1e-2, "weight_decay": 0.1, **kw}, implementation=impl)
+
+
 def _by_hand(impl):
     parts = [
         adamjax.scale_by_moments(0.8, 0.99),
@@ -125,6 +130,30 @@ WRAPPED = {
     "functools.wraps-zeroing": lambda i: zeroing_wrapper(make_adam(i)),
     "flat_layout": _flat,
     "chain-by-hand": _by_hand,
+    # AdamW: Adam's kernel plus the decay term; leaves masked out run Adam's kernel.
+    "adamw": lambda i: make_adamw(i),
+    "adamw-mask-tree": lambda i: make_adamw(
+        i, mask={"w": True, "b": False, "big": True, "empty": False}
+    ),
+    "adamw-mask-callable": lambda i: make_adamw(
+        i, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+    ),
+    "adamw-bf16-state": lambda i: make_adamw(i, state_dtype=jnp.bfloat16),
+    "adamw-schedules": lambda i: make_adamw(
+        i,
+        learning_rate=adamjax.inverse_sqrt_schedule(1e-2),
+        weight_decay=lambda count: 0.2 / (1.0 + count),
+    ),
+    "adamw-zero-decay": lambda i: make_adamw(i, weight_decay=0.0),
+    "optax.chain-clip-adamw": lambda i: optax.chain(optax.clip_by_global_norm(0.5), make_adamw(i)),
+    "inject_hyperparams-adamw": lambda i: optax.inject_hyperparams(
+        adamjax.adamw, static_args=("eps_root",)
+    )(learning_rate=1e-2, weight_decay=0.05, implementation=i),
+    "MultiSteps-adamw": lambda i: optax.MultiSteps(make_adamw(i), every_k_schedule=2),
+    "masked-adamw": lambda i: optax.masked(
+        make_adamw(i), {"w": True, "b": False, "big": True, "empty": True}
+    ),
+    "functools.wraps-zeroing-adamw": lambda i: zeroing_wrapper(make_adamw(i)),
 }
 
 
@@ -326,6 +355,29 @@ def test_grad_through_update_is_the_chains():
     assert_same(got, want)
     # The meta-gradient with respect to the learning rate is not zero (the test can fail).
     assert float(got[0]) != 0.0
+
+
+def test_grad_through_adamw_update_is_the_chains():
+    """AdamW with a mask: the derivative w.r.t. the learning rate, the weight decay, the
+    gradients and the parameters (read by the decay term) is the chain's."""
+
+    def loss_of(impl):
+        def loss(lr, wd, g, p, st):
+            mask = {"w": True, "b": False, "big": True, "empty": True}
+            opt = adamjax.adamw(lr, weight_decay=wd, mask=mask, implementation=impl)
+            u, new = opt.update(g, st, p)
+            leaves = jax.tree.leaves((u, new[0].mu, new[0].nu))
+            return sum(jnp.sum(jnp.cos(3.0 * x)) for x in leaves)
+
+        return loss
+
+    params = params_tree()
+    st = run_updates(make_adamw("jax"), params, steps=2)[2]
+    args = (jnp.float32(1e-2), jnp.float32(0.1), grads_at(params, 3), params, st)
+    got = jax.jit(jax.grad(loss_of("native"), argnums=(0, 1, 2, 3)))(*args)
+    want = jax.jit(jax.grad(loss_of("jax"), argnums=(0, 1, 2, 3)))(*args)
+    assert_same(got, want)
+    assert float(got[0]) != 0.0 and float(got[1]) != 0.0  # the test can fail
 
 
 def test_jvp_through_update_is_the_chains():

@@ -110,14 +110,18 @@ OPTIMIZERS = {
     "adam_bf16_state": lambda: adamjax.adam(0.01, state_dtype=jnp.bfloat16),
     "adam_schedule": lambda: adamjax.adam(adamjax.inverse_sqrt_schedule(0.01)),
     "adamax": lambda: adamjax.adamax(0.01),
+    "adamw": lambda: adamjax.adamw(0.01, weight_decay=0.1),
+    "adamw_decay_matrices": lambda: adamjax.adamw(
+        0.01, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+    ),
     "sgd_momentum": lambda: adamjax.sgd(0.01, momentum=0.9),
     "clip_then_adam": lambda: optax.chain(optax.clip_by_global_norm(1.0), adamjax.adam(0.01)),
     "skip_nonfinite_adam": lambda: adamjax.skip_nonfinite(adamjax.adam(0.01)),
     "optax_adam": lambda: optax.adam(0.01),
 }
-# Transformations that are exactly adamjax.adam or adamjax.adamax (chains adamjax.chain
+# Transformations that are exactly adamjax.adam, adamax or adamw (chains adamjax.chain
 # lowers): the native kernel runs them on the CPU.
-FUSED = {"adam", "adam_bf16_state", "adam_schedule", "adamax"}
+FUSED = {"adam", "adam_bf16_state", "adam_schedule", "adamax", "adamw", "adamw_decay_matrices"}
 native_on_cpu = native.native_available() and jax.default_backend() == "cpu"
 
 # A functools.wraps wrapper around adam's update that halves it: the wrapper's own update
@@ -197,10 +201,13 @@ def test_train_state_equals_flax_train_state_bit_for_bit(name):
     assert loss_fn(ours.params) < loss0  # the steps did move the parameters downhill
 
 
-@pytest.mark.parametrize("name", ["adam", "adam_bf16_state", "adamax", "clip_then_adam"])
-def test_train_state_takes_the_native_kernel_exactly_for_adam_and_adamax(name):
+@pytest.mark.parametrize(
+    "name", ["adam", "adam_bf16_state", "adamax", "adamw", "adamw_decay_matrices", "clip_then_adam"]
+)
+def test_train_state_takes_the_native_kernel_exactly_for_the_lowered_chains(name):
     """The comparison above is between two different programs: ours calls the native
-    kernel for adamjax.adam and adamjax.adamax on the CPU, Flax's never does (nor any other tx)."""
+    kernel for adamjax.adam, adamax and adamw on the CPU, Flax's never does (nor any other
+    tx)."""
     model, params, loss_fn = _linen_setup()
     step_ours, step_theirs = _jit_twice(_linen_step(loss_fn))
     tx = _make_tx(name)
@@ -361,8 +368,8 @@ def test_nnx_optimizer_graph_and_tree_mode(graph):
     _assert_same_bits(nnx.state(opt), nnx.state(ref_opt))
 
 
-@pytest.mark.parametrize("name", ["adam", "adamax"])
-def test_nnx_optimizer_takes_the_native_kernel_exactly_for_adam_and_adamax(name):
+@pytest.mark.parametrize("name", ["adam", "adamax", "adamw", "adamw_decay_matrices"])
+def test_nnx_optimizer_takes_the_native_kernel_exactly_for_the_lowered_chains(name):
     x, y = _data()
     texts = {}
     for cls in (adamjax.flax.Optimizer, nnx.Optimizer):

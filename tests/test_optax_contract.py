@@ -32,6 +32,7 @@ OPTIMIZERS = {
     "adamw": (adamjax.adamw, {"learning_rate": 0.1, "weight_decay": 0.01}),
     "amsgrad": (adamjax.amsgrad, {"learning_rate": 0.1}),
     "nadam": (adamjax.nadam, {"learning_rate": 1e-2}),
+    "nadamw": (adamjax.nadamw, {"learning_rate": 1e-2, "weight_decay": 0.01}),
     "radam": (adamjax.radam, {"learning_rate": 5e-3}),
 }
 NAMES = list(OPTIMIZERS)

@@ -8,16 +8,20 @@ chain as ``fallback``. One pass over each leaf does, per element, in float32::
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * (g * g)                 # AdaMax: u = max(b2 * u, |g|)
     d = (m * inv_c1) / (sqrt(v * inv_c2) + eps)     # AdaMax: (m * inv_c1) / (u + eps)
+    d = d + weight_decay * p                        # AdamW only
     p = p + neg_lr * d        (apply)     or     u = neg_lr * d        (update)
 
-(Kingma & Ba, ICLR 2015, Algorithms 1 and 2.) ``inv_c = 1 / (1 - b**t)``: XLA's CPU
-compiler turns the chain's division by a broadcast scalar into this multiplication. The
-operations run in the order XLA runs the chain, with its FMA contractions (measured once,
-see :func:`native_info`), so the results equal the XLA-compiled chain bit for bit.
+(Kingma & Ba, ICLR 2015, Algorithms 1 and 2; AdamW: Loshchilov & Hutter, ICLR 2019,
+Algorithm 2, with the decay scaled by the learning rate as in Optax's ``adamw``.)
+``inv_c = 1 / (1 - b**t)``: XLA's CPU compiler turns the chain's division by a broadcast
+scalar into this multiplication. The operations run in the order XLA runs the chain, with
+its FMA contractions (measured once, see :func:`native_info`), so the results equal the
+XLA-compiled chain bit for bit.
 
 Gradients (and params) are float32; ``m`` and ``v`` float32 or bfloat16; any shapes. The
 apply form reads p, g, m, v and writes p, m, v in place (28 bytes per float32 parameter
-under donation); the update form reads g, m, v and writes u, m, v (24 bytes).
+under donation); the update form reads g, m, v and writes u, m, v (24 bytes; AdamW's
+also reads p, 28 bytes).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ __all__ = [
     "adam_update",
     "adamax_apply",
     "adamax_update",
+    "adamw_apply",
+    "adamw_update",
     "native_available",
     "native_info",
     "ready",
@@ -154,3 +160,28 @@ def adamax_apply(
 ):
     """AdaMax applied to the parameters; see :func:`adamax_update` and :func:`adam_apply`."""
     return _run("adamax", "apply", list(zip(params, grads, m, u, strict=True)), hyper, fallback)
+
+
+def adamw_update(
+    params: Leaves, grads: Leaves, m: Leaves, v: Leaves, hyper: Hyper, *, fallback: Fallback
+):
+    """AdamW in update form: ``[(u, m, v), ...]`` with ``u = neg_lr * (d + wd * p)``, ``d``
+    Adam's direction and ``wd = hyper.weight_decay`` (which must be set). The parameters are
+    only read; ``fallback`` takes the list of ``(p, g, m, v)``. See :func:`adam_update`."""
+    leaves = list(zip(params, grads, m, v, strict=True))
+    return _run("adamw", "update", leaves, _with_decay(hyper), fallback)
+
+
+def adamw_apply(
+    params: Leaves, grads: Leaves, m: Leaves, v: Leaves, hyper: Hyper, *, fallback: Fallback
+):
+    """AdamW applied to the parameters: ``p = p + neg_lr * (d + wd * p)``, in place under
+    donation; see :func:`adamw_update` and :func:`adam_apply`."""
+    leaves = list(zip(params, grads, m, v, strict=True))
+    return _run("adamw", "apply", leaves, _with_decay(hyper), fallback)
+
+
+def _with_decay(hyper: Hyper) -> Hyper:
+    if hyper.weight_decay is None:
+        raise ValueError("adamw kernels need hyper.weight_decay (got None).")
+    return hyper

@@ -18,10 +18,12 @@ LEAVES_PER_CALL = 32
 def step(
     algo: str, mode: str, row: jax.Array, leaves: Sequence[tuple], *, fma: bool
 ) -> list[tuple]:
-    """Run target ``{algo}_{mode}`` on ``leaves``: ``(p, g, m, v)`` each (``mode="apply"``)
-    or ``(g, m, v)`` (``"update"``); returns ``(p, m, v)`` or ``(u, m, v)`` per leaf.
+    """Run target ``{algo}_{mode}`` on ``leaves``: ``(p, g, m, v)`` each (``mode="apply"``,
+    and AdamW's ``"update"``, which only reads ``p``) or ``(g, m, v)`` (``"update"``);
+    returns ``(p, m, v)`` or ``(u, m, v)`` per leaf.
 
-    ``row`` is the float32 hyperparameter row (shape ``[8]``, or ``[k, 8]`` under vmap),
+    ``row`` is the float32 hyperparameter row (shape ``[8]``, or ``[k, 8]`` under vmap;
+    AdamW's rows hold 9),
     ``fma`` the contraction attribute. ``p``, ``m`` and ``v`` are aliased to their results
     (in place under donation); ``u`` is a fresh buffer (no copy of undonated gradients).
     """
@@ -32,11 +34,11 @@ def step(
 
 
 def _one_call(algo, mode, row, leaves, fma):
-    width = 4 if mode == "apply" else 3
+    width = len(leaves[0])
     out_like, aliases = [], {}
     for k, leaf in enumerate(leaves):
         first, m, v = (leaf[0], leaf[-2], leaf[-1])
-        out_like += [first if mode == "apply" else leaf[0], m, v]
+        out_like += [first, m, v]
         base = 1 + width * k  # operand 0 is the row
         if mode == "apply":
             aliases[base] = 3 * k

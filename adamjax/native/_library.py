@@ -26,6 +26,8 @@ TARGETS = {
     "adam_update": "AdamjaxAdamUpdate",
     "adamax_apply": "AdamjaxAdamaxApply",
     "adamax_update": "AdamjaxAdamaxUpdate",
+    "adamw_apply": "AdamjaxAdamwApply",
+    "adamw_update": "AdamjaxAdamwUpdate",
     "roofline": "AdamjaxRoofline",
 }
 

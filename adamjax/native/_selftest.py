@@ -22,8 +22,9 @@ class Hyper(NamedTuple):
 
     ``neg_lr = -alpha_t``; ``b1, one_minus_b1, b2, one_minus_b2`` the moment EMA weights;
     ``eps``; ``inv_c1 = 1 / (1 - b1**t)`` and ``inv_c2 = 1 / (1 - b2**t)`` (1 without bias
-    correction). The caller computes them with the same expressions as its pure chain, so
-    the kernel sees the same bits.
+    correction); ``weight_decay`` AdamW's weight decay (None for the other kernels, whose
+    rows hold 8 values). The caller computes them with the same expressions as its pure
+    chain, so the kernel sees the same bits.
     """
 
     neg_lr: Any
@@ -34,10 +35,13 @@ class Hyper(NamedTuple):
     eps: Any
     inv_c1: Any
     inv_c2: Any
+    weight_decay: Any = None
 
     def row(self) -> jax.Array:
-        """The kernel's operand: ``[..., 8]`` float32 (order of HyperIndex in adam_ffi.cc)."""
-        return jnp.stack([jnp.asarray(x, jnp.float32) for x in self], axis=-1)
+        """The kernel's operand: ``[..., 8]`` float32 (``[..., 9]`` with ``weight_decay``;
+        the order of HyperIndex in adam_ffi.cc)."""
+        values = [x for x in self if x is not None]
+        return jnp.stack([jnp.asarray(x, jnp.float32) for x in values], axis=-1)
 
 
 def reference(algo: str, mode: str, h: Hyper, leaf: tuple) -> tuple:
@@ -45,9 +49,10 @@ def reference(algo: str, mode: str, h: Hyper, leaf: tuple) -> tuple:
 
     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2   (AdaMax: u = max(b2 u, |g|))
     d = (m * inv_c1) / (sqrt(v * inv_c2) + eps)       (AdaMax: (m * inv_c1) / (u + eps))
+    d = d + weight_decay * p                          (AdamW only)
     out = p + neg_lr * d  (apply)  or  neg_lr * d  (update)
     """
-    p, g, m0, v0 = leaf if mode == "apply" else (None, *leaf)
+    p, g, m0, v0 = leaf if len(leaf) == 4 else (None, *leaf)
     m = h.b1 * m0.astype(jnp.float32) + h.one_minus_b1 * g
     if algo == "adamax":
         v = jnp.maximum(h.b2 * v0.astype(jnp.float32), jnp.abs(g))
@@ -55,7 +60,9 @@ def reference(algo: str, mode: str, h: Hyper, leaf: tuple) -> tuple:
     else:
         v = h.b2 * v0.astype(jnp.float32) + h.one_minus_b2 * (g * g)
         d = (m * h.inv_c1) / (jnp.sqrt(v * h.inv_c2) + h.eps)
-    out = h.neg_lr * d if p is None else p + h.neg_lr * d
+    if algo == "adamw":
+        d = d + h.weight_decay * p
+    out = h.neg_lr * d if mode == "update" else p + h.neg_lr * d
     return out, m.astype(m0.dtype), v.astype(v0.dtype)
 
 
@@ -81,20 +88,26 @@ def xla_rounding(cpu) -> tuple[bool, bool]:
 
     ema = jax.jit(lambda s, x: 0.9 * s.astype(jnp.float32) + (1 - 0.9) * x)
     axpy = jax.jit(lambda p, x: p + (-0.001) * x)
+    # AdamW's decay term: a quotient plus weight_decay * p (add_decayed_weights).
+    decay = jax.jit(lambda s, x, p: s / (jnp.abs(x) + 1.0) + 0.01 * p)
     got32 = np.asarray(ema(jax.device_put(s32, cpu), jax.device_put(x, cpu)))
     gotbf = np.asarray(ema(jax.device_put(sbf, cpu), jax.device_put(x, cpu)))
     gotp = np.asarray(axpy(jax.device_put(s32, cpu), jax.device_put(x, cpu)))
+    gotw = np.asarray(decay(*(jax.device_put(a, cpu) for a in (s32, x, sbf.astype(np.float32)))))
     sb = sbf.astype(np.float32)
     nlr = np.float32(-0.001)
+    quot, wd = s32 / (np.abs(x) + np.float32(1)), np.float32(0.01)
     fused = (
         np.array_equal(got32, fma(d, s32, w * x))
         and np.array_equal(gotbf, fma(w, x, d * sb))
         and np.array_equal(gotp, fma(nlr, x, s32))
+        and np.array_equal(gotw, fma(wd, sb, quot))
     )
     plain = (
         np.array_equal(got32, d * s32 + w * x)
         and np.array_equal(gotbf, d * sb + w * x)
         and np.array_equal(gotp, s32 + nlr * x)
+        and np.array_equal(gotw, quot + wd * sb)
     )
     if fused or plain:
         return fused, True
@@ -104,7 +117,8 @@ def xla_rounding(cpu) -> tuple[bool, bool]:
 
 
 def self_test() -> bool:
-    """One tiny native step against :func:`reference`; False (reason recorded) on failure."""
+    """Tiny native steps (Adam's apply, AdamW's apply and update) against
+    :func:`reference`; False (reason recorded) on failure."""
     try:
         with jax.ensure_compile_time_eval():
             cpu = jax.devices("cpu")[0]
@@ -113,14 +127,25 @@ def self_test() -> bool:
             p, g, m = (rng.standard_normal(5).astype(np.float32) for _ in range(3))
             v = np.abs(rng.standard_normal(5)).astype(np.float32)
             leaf = tuple(jax.device_put(x, cpu) for x in (p, g, m, v))
-            h = Hyper(*(np.float32(x) for x in (-1e-3, 0.9, 0.1, 0.999, 1e-3, 1e-8, 10, 300)))
-            # Jitted, so that XLA fuses (and contracts) the reference as in real use.
-            got = jax.jit(lambda *a: _calls.step("adam", "apply", h.row(), [a], fma=LIB.contract))(
-                *leaf
-            )[0]
-            want = jax.jit(lambda *a: reference("adam", "apply", h, a))(*leaf)
-            pairs = zip(got, want, strict=True)
-            ok = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
+            adam = Hyper(*(np.float32(x) for x in (-1e-3, 0.9, 0.1, 0.999, 1e-3, 1e-8, 10, 300)))
+            ok = True
+            for algo, mode, wd in (
+                ("adam", "apply", None),
+                ("adamw", "apply", 0.5),
+                ("adamw", "update", 0.5),
+            ):
+                h = adam._replace(weight_decay=None if wd is None else np.float32(wd))
+                # Jitted, so that XLA fuses (and contracts) the reference as in real use.
+                got = jax.jit(
+                    lambda *a, algo=algo, mode=mode, h=h: _calls.step(
+                        algo, mode, h.row(), [a], fma=LIB.contract
+                    )[0]
+                )(*leaf)
+                want = jax.jit(lambda *a, algo=algo, mode=mode, h=h: reference(algo, mode, h, a))(
+                    *leaf
+                )
+                pairs = zip(got, want, strict=True)
+                ok = ok and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
         if not ok:
             LIB.reason = "its self-test gave results that differ from XLA's"
     except Exception as e:  # noqa: BLE001

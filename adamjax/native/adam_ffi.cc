@@ -4,11 +4,12 @@
 // or bfloat16 (loaded as float32, stored rounded to nearest even, NaN kept as a quiet NaN
 // of the same sign, like XLA's convert). The math runs in float32 in exactly the order of
 // the composed pure-JAX chain of adamjax (scale_by_moments, bias_correct, precondition,
-// scale_by_lr, apply_updates) as XLA compiles it for the CPU, without FMA contraction, so
-// that the results are the same bit for bit. (XLA's simplifier turns the bias corrections
-// `m / broadcast(1 - b1**t)` into `m * broadcast(1 / (1 - b1**t))`; the kernel receives
-// those reciprocals.) Every hyperparameter arrives at run time, one row of a float32 operand per
-// config (a leading vmap axis becomes several rows; see kNumHyper). Whether to contract
+// [add_decayed_weights for AdamW], scale_by_lr, apply_updates) as XLA compiles it for the
+// CPU, without FMA contraction, so that the results are the same bit for bit. (XLA's
+// simplifier turns the bias corrections `m / broadcast(1 - b1**t)` into
+// `m * broadcast(1 / (1 - b1**t))`; the kernel receives those reciprocals.) Every
+// hyperparameter arrives at run time, one row of a float32 operand per config (a leading
+// vmap axis becomes several rows; see kNumHyper). Whether to contract
 // a*b + c into an FMA as XLA's CPU code does is the call's attribute `fma` (it depends on
 // how XLA compiles, not on the data).
 //
@@ -53,8 +54,9 @@ namespace ffi = xla::ffi;
 namespace {
 
 // ---------------------------------------------------------------------------------------
-// Hyperparameters: one row of kNumHyper float32 values per config, computed by the Python
-// binding with the same JAX expressions as the pure path (so they match it bit for bit).
+// Hyperparameters: one row of kNumHyper (AdamW: kNumHyperW) float32 values per config,
+// computed by the Python binding with the same JAX expressions as the pure path (so they
+// match it bit for bit).
 enum HyperIndex : int {
   kNegLr = 0,    // -learning_rate
   kB1 = 1,       // b1
@@ -64,16 +66,20 @@ enum HyperIndex : int {
   kEps = 5,
   kInvC1 = 6,    // 1 / (1 - b1**t), or 1 without bias correction
   kInvC2 = 7,    // 1 / (1 - b2**t), or 1
-  kNumHyper = 8,
+  kNumHyper = 8,  // the row of Adam and AdaMax
+  kWd = 8,        // weight_decay (AdamW's rows only)
+  kNumHyperW = 9, // the row of AdamW
 };
 
 struct Hyper {
-  float neg_lr, b1, omb1, b2, omb2, eps, inv_c1, inv_c2;
+  float neg_lr, b1, omb1, b2, omb2, eps, inv_c1, inv_c2, wd;
 };
 
-ADAMJAX_INLINE Hyper LoadHyper(const float* row) {
-  return Hyper{row[kNegLr], row[kB1], row[kOneMinusB1], row[kB2],
-               row[kOneMinusB2], row[kEps], row[kInvC1], row[kInvC2]};
+// A row of `width` floats (kNumHyper or kNumHyperW); wd = 0 where the row has none.
+ADAMJAX_INLINE Hyper LoadHyper(const float* row, size_t width) {
+  return Hyper{row[kNegLr],      row[kB1],  row[kOneMinusB1], row[kB2],
+               row[kOneMinusB2], row[kEps], row[kInvC1],      row[kInvC2],
+               width > kWd ? row[kWd] : 0.0f};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -134,21 +140,27 @@ ADAMJAX_INLINE float Ema(float decay, float old, float w, float x) {
 
 // ---------------------------------------------------------------------------------------
 // The loops. `out` is the parameters, updated in place (apply), or the updates buffer,
-// written (update: `out = -lr * d`). All pointers are distinct; `g` is only read.
-enum class Algo { kAdam, kAdaMax };
+// written (update: `out = -lr * d`). `q` is the parameters that AdamW's update form reads
+// (nullptr otherwise; the apply form reads them from `p`). All pointers are distinct; `g`
+// and `q` are only read.
+//
+// AdamW (Loshchilov & Hutter, ICLR 2019) adds `wd * p` to Adam's direction d before the
+// learning rate scales it (the chain's add_decayed_weights between precondition and
+// scale_by_lr); XLA's CPU code contracts that `d + wd * p` into fma(wd, p, d) too.
+enum class Algo { kAdam, kAdaMax, kAdamW };
 
 template <Algo A, bool kApply, bool kFma, typename MT, typename VT>
 ADAMJAX_INLINE void StepLoop(size_t n, float* ADAMJAX_RESTRICT p,
-                             const float* ADAMJAX_RESTRICT g, MT* ADAMJAX_RESTRICT m,
-                             VT* ADAMJAX_RESTRICT v, const Hyper h) {
+                             const float* ADAMJAX_RESTRICT q, const float* ADAMJAX_RESTRICT g,
+                             MT* ADAMJAX_RESTRICT m, VT* ADAMJAX_RESTRICT v, const Hyper h) {
   const float neg_lr = h.neg_lr, b1 = h.b1, omb1 = h.omb1, b2 = h.b2, omb2 = h.omb2,
-              eps = h.eps, inv_c1 = h.inv_c1, inv_c2 = h.inv_c2;
+              eps = h.eps, inv_c1 = h.inv_c1, inv_c2 = h.inv_c2, wd = h.wd;
   for (size_t i = 0; i < n; ++i) {
     const float gi = g[i];
     constexpr bool kMb = std::is_same_v<MT, Bf16>, kVb = std::is_same_v<VT, Bf16>;
     const float mi = Ema<kFma, kMb>(b1, Load(m, i), omb1, gi);  // scale_by_moments
     float d;
-    if constexpr (A == Algo::kAdam) {
+    if constexpr (A != Algo::kAdaMax) {
       const float vi = Ema<kFma, kVb>(b2, Load(v, i), omb2, gi * gi);
       Store(v, i, vi);
       d = (mi * inv_c1) / (std::sqrt(vi * inv_c2) + eps);  // bias_correct, precondition
@@ -156,6 +168,13 @@ ADAMJAX_INLINE void StepLoop(size_t n, float* ADAMJAX_RESTRICT p,
       const float ui = MaxNan(b2 * Load(v, i), std::fabs(gi));
       Store(v, i, ui);
       d = (mi * inv_c1) / (ui + eps);
+    }
+    if constexpr (A == Algo::kAdamW) {
+      if constexpr (kApply) {
+        d = MulAdd<kFma>(wd, p[i], d);  // add_decayed_weights
+      } else {
+        d = MulAdd<kFma>(wd, q[i], d);
+      }
     }
     Store(m, i, mi);
     if constexpr (kApply) {
@@ -237,17 +256,17 @@ ADAMJAX_AVX512_INLINE __m512 MaxNan(__m512 a, __m512 b) {
 }
 
 struct HyperV {
-  __m512 neg_lr, b1, omb1, b2, omb2, eps, inv_c1, inv_c2;
+  __m512 neg_lr, b1, omb1, b2, omb2, eps, inv_c1, inv_c2, wd;
 };
 
 // One vector of 16: the new m and v (u), and p or g written in place.
 template <Algo A, bool kApply, bool kFma, bool kMb, bool kVb>
-ADAMJAX_AVX512_INLINE void Math16(const HyperV& h, float* p, const float* g, __m512 m_old,
-                                  __m512 v_old, __m512* m_new, __m512* v_new) {
+ADAMJAX_AVX512_INLINE void Math16(const HyperV& h, float* p, const float* q, const float* g,
+                                  __m512 m_old, __m512 v_old, __m512* m_new, __m512* v_new) {
   const __m512 gi = _mm512_loadu_ps(g);
   const __m512 mi = Ema<kFma, kMb>(h.b1, m_old, h.omb1, gi);
   __m512 d;
-  if constexpr (A == Algo::kAdam) {
+  if constexpr (A != Algo::kAdaMax) {
     const __m512 vi = Ema<kFma, kVb>(h.b2, v_old, h.omb2, _mm512_mul_ps(gi, gi));
     *v_new = vi;
     d = _mm512_div_ps(_mm512_mul_ps(mi, h.inv_c1),
@@ -256,6 +275,10 @@ ADAMJAX_AVX512_INLINE void Math16(const HyperV& h, float* p, const float* g, __m
     const __m512 ui = MaxNan(_mm512_mul_ps(h.b2, v_old), _mm512_abs_ps(gi));
     *v_new = ui;
     d = _mm512_div_ps(_mm512_mul_ps(mi, h.inv_c1), _mm512_add_ps(ui, h.eps));
+  }
+  if constexpr (A == Algo::kAdamW) {
+    const __m512 pw = _mm512_loadu_ps(kApply ? p : q);
+    d = kFma ? _mm512_fmadd_ps(h.wd, pw, d) : _mm512_add_ps(_mm512_mul_ps(h.wd, pw), d);
   }
   *m_new = mi;
   if constexpr (kApply) {
@@ -269,15 +292,16 @@ ADAMJAX_AVX512_INLINE void Math16(const HyperV& h, float* p, const float* g, __m
 
 template <Algo A, bool kApply, bool kFma, typename MT, typename VT>
 ADAMJAX_AVX512_INLINE void StepLoop(size_t n, float* ADAMJAX_RESTRICT p,
+                                    const float* ADAMJAX_RESTRICT q,
                                     const float* ADAMJAX_RESTRICT g, MT* ADAMJAX_RESTRICT m,
                                     VT* ADAMJAX_RESTRICT v, const Hyper h) {
   if constexpr (std::is_same_v<MT, float> && std::is_same_v<VT, float>) {
-    ::StepLoop<A, kApply, kFma, MT, VT>(n, p, g, m, v, h);  // vectorises well as it is
+    ::StepLoop<A, kApply, kFma, MT, VT>(n, p, q, g, m, v, h);  // vectorises well as it is
   } else {
     constexpr bool kMb = std::is_same_v<MT, Bf16>, kVb = std::is_same_v<VT, Bf16>;
     const HyperV hv{_mm512_set1_ps(h.neg_lr), _mm512_set1_ps(h.b1), _mm512_set1_ps(h.omb1),
                     _mm512_set1_ps(h.b2),     _mm512_set1_ps(h.omb2), _mm512_set1_ps(h.eps),
-                    _mm512_set1_ps(h.inv_c1), _mm512_set1_ps(h.inv_c2)};
+                    _mm512_set1_ps(h.inv_c1), _mm512_set1_ps(h.inv_c2), _mm512_set1_ps(h.wd)};
     constexpr size_t kAhead = 1024;  // elements
     size_t i = 0;
     for (; i + 32 <= n; i += 32) {
@@ -293,8 +317,10 @@ ADAMJAX_AVX512_INLINE void StepLoop(size_t n, float* ADAMJAX_RESTRICT p,
       __m512 m0, m1, v0, v1;
       const __m512 mo0 = Load16(m + i), mo1 = Load16(m + i + 16);
       const __m512 vo0 = Load16(v + i), vo1 = Load16(v + i + 16);
-      Math16<A, kApply, kFma, kMb, kVb>(hv, p + i, g + i, mo0, vo0, &m0, &v0);
-      Math16<A, kApply, kFma, kMb, kVb>(hv, p + i + 16, g + i + 16, mo1, vo1, &m1, &v1);
+      const float* q0 = q == nullptr ? nullptr : q + i;  // AdamW's update form reads it
+      const float* q1 = q == nullptr ? nullptr : q + i + 16;
+      Math16<A, kApply, kFma, kMb, kVb>(hv, p + i, q0, g + i, mo0, vo0, &m0, &v0);
+      Math16<A, kApply, kFma, kMb, kVb>(hv, p + i + 16, q1, g + i + 16, mo1, vo1, &m1, &v1);
       const bool m_ok = Store32(m + i, m0, m1);
       const bool v_ok = Store32(v + i, v0, v1);
       if (__builtin_expect(!(m_ok && v_ok), 0)) {
@@ -311,7 +337,8 @@ ADAMJAX_AVX512_INLINE void StepLoop(size_t n, float* ADAMJAX_RESTRICT p,
         }
       }
     }
-    ::StepLoop<A, kApply, kFma, MT, VT>(n - i, p + i, g + i, m + i, v + i, h);
+    ::StepLoop<A, kApply, kFma, MT, VT>(n - i, p + i, q == nullptr ? nullptr : q + i, g + i, m + i,
+                                        v + i, h);
   }
 }
 
@@ -331,28 +358,29 @@ ADAMJAX_INLINE void RooflineLoop(size_t n, float* ADAMJAX_RESTRICT p,
 }
 
 // One entry per (algorithm, mode, m dtype, v dtype) and the roofline, for each ISA.
-using StepFn = void (*)(size_t, float*, const float*, void*, void*, const Hyper&);
+using StepFn = void (*)(size_t, float*, const float*, const float*, void*, void*,
+                        const Hyper&);
 using RooflineFn = void (*)(size_t, float*, const float*, float*, float*);
 
 struct KernelTable {
   const char* isa;
-  StepFn step[2][2][2][2][2];  // [algo][apply][fma][m is bf16][v is bf16]
+  StepFn step[3][2][2][2][2];  // [algo][apply][fma][m is bf16][v is bf16]
   RooflineFn roofline;
 };
 
 #define ADAMJAX_DEFINE_ISA(NS, TARGET_ATTR, ISA_NAME, LOOP)                                  \
   namespace NS {                                                                          \
   template <Algo A, bool kApply, bool kFma, typename MT, typename VT>                     \
-  TARGET_ATTR void Step(size_t n, float* p, const float* g, void* m, void* v,              \
-                        const Hyper& h) {                                                 \
-    LOOP<A, kApply, kFma, MT, VT>(n, p, g, static_cast<MT*>(m), static_cast<VT*>(v), h);  \
+  TARGET_ATTR void Step(size_t n, float* p, const float* q, const float* g, void* m,       \
+                        void* v, const Hyper& h) {                                        \
+    LOOP<A, kApply, kFma, MT, VT>(n, p, q, g, static_cast<MT*>(m), static_cast<VT*>(v), h); \
   }                                                                                       \
   TARGET_ATTR void Roofline(size_t n, float* p, const float* g, float* m, float* v) {     \
     RooflineLoop(n, p, g, m, v);                                                          \
   }                                                                                       \
   template <Algo A, bool kApply, bool kFma>                                               \
   void Fill(KernelTable& t) {                                                             \
-    const int a = A == Algo::kAdam ? 0 : 1;                                               \
+    const int a = static_cast<int>(A);                                                    \
     t.step[a][kApply][kFma][0][0] = &Step<A, kApply, kFma, float, float>;                 \
     t.step[a][kApply][kFma][0][1] = &Step<A, kApply, kFma, float, Bf16>;                  \
     t.step[a][kApply][kFma][1][0] = &Step<A, kApply, kFma, Bf16, float>;                  \
@@ -364,6 +392,8 @@ struct KernelTable {
     Fill<Algo::kAdam, true, kFma>(t);                                                     \
     Fill<Algo::kAdaMax, false, kFma>(t);                                                  \
     Fill<Algo::kAdaMax, true, kFma>(t);                                                   \
+    Fill<Algo::kAdamW, false, kFma>(t);                                                   \
+    Fill<Algo::kAdamW, true, kFma>(t);                                                    \
   }                                                                                       \
   KernelTable Table() {                                                                   \
     KernelTable t{};                                                                      \
@@ -494,13 +524,14 @@ ffi::Error CheckSameCount(const char* what, size_t n, size_t expected) {
 }
 
 // Rows of hyperparameters -> number of configs, and elements per config.
-ffi::Error ConfigLayout(const ffi::Buffer<ffi::F32>& hyper, size_t total, size_t* configs,
-                        size_t* per_config) {
+ffi::Error ConfigLayout(const ffi::Buffer<ffi::F32>& hyper, size_t width, size_t total,
+                        size_t* configs, size_t* per_config) {
   const size_t h = hyper.element_count();
-  if (h == 0 || h % kNumHyper != 0) {
-    return ffi::Error::InvalidArgument("adamjax native: hyper must hold rows of 8 floats");
+  if (h == 0 || h % width != 0) {
+    return ffi::Error::InvalidArgument("adamjax native: hyper must hold rows of " +
+                                       std::to_string(width) + " floats");
   }
-  *configs = h / kNumHyper;
+  *configs = h / width;
   if (total % *configs != 0) {
     return ffi::Error::InvalidArgument(
         "adamjax native: the leading (config) axes of params and hyper do not match");
@@ -509,9 +540,13 @@ ffi::Error ConfigLayout(const ffi::Buffer<ffi::F32>& hyper, size_t total, size_t
   return ffi::Error::Success();
 }
 
+// Floats per row of hyperparameters.
+constexpr size_t HyperWidth(Algo a) { return a == Algo::kAdamW ? kNumHyperW : kNumHyper; }
+
 // One buffer set of a step (a leaf): where the kernel reads and writes, and how.
 struct LeafWork {
   float* out;  // params, updated in place (apply), or the updates, written (update)
+  const float* q;  // params, read (AdamW's update form), else nullptr
   const float* g;
   char* m;
   char* v;
@@ -522,7 +557,8 @@ struct LeafWork {
 // Validates one leaf's buffers against `hyper`, makes each in-place output hold its input
 // (they are the same buffer under input_output_aliases; copied if XLA ever hands over two)
 // and describes the work; leaf->n == 0 for an empty leaf, which needs no hyper at all.
-// `p_in` is the params (apply) or nullptr (update: `out` is a fresh updates buffer).
+// `p_in` is the params (apply, and AdamW's update, which only reads them) or nullptr
+// (update: `out` is a fresh updates buffer).
 template <Algo A, bool kApply>
 ffi::Error PrepareLeaf(const ffi::AnyBuffer* p_in, const ffi::AnyBuffer& g_in,
                        const ffi::AnyBuffer& m_in, const ffi::AnyBuffer& v_in,
@@ -549,7 +585,9 @@ ffi::Error PrepareLeaf(const ffi::AnyBuffer* p_in, const ffi::AnyBuffer& g_in,
   *leaf = LeafWork{};
   if (total == 0) return ffi::Error::Success();
   size_t configs = 0, per_config = 0;
-  if (auto e = ConfigLayout(hyper, total, &configs, &per_config); e.failure()) return e;
+  if (auto e = ConfigLayout(hyper, HyperWidth(A), total, &configs, &per_config); e.failure()) {
+    return e;
+  }
 
   const size_t mw = m_in.element_type() == ffi::DataType::BF16 ? 2 : 4;
   const size_t vw = v_in.element_type() == ffi::DataType::BF16 ? 2 : 4;
@@ -559,7 +597,10 @@ ffi::Error PrepareLeaf(const ffi::AnyBuffer* p_in, const ffi::AnyBuffer& g_in,
   if (kApply && o != p_in->untyped_data()) std::memcpy(o, p_in->untyped_data(), total * 4);
   if (m != m_in.untyped_data()) std::memcpy(m, m_in.untyped_data(), total * mw);
   if (v != v_in.untyped_data()) std::memcpy(v, v_in.untyped_data(), total * vw);
+  const float* q = kApply || p_in == nullptr ? nullptr
+                                             : static_cast<const float*>(p_in->untyped_data());
   *leaf = LeafWork{o,
+                   q,
                    static_cast<const float*>(g_in.untyped_data()),
                    m,
                    v,
@@ -568,15 +609,15 @@ ffi::Error PrepareLeaf(const ffi::AnyBuffer* p_in, const ffi::AnyBuffer& g_in,
                    mw,
                    vw,
                    0,
-                   Kernels().step[A == Algo::kAdam ? 0 : 1][kApply][fma][mw == 2][vw == 2]};
+                   Kernels().step[static_cast<int>(A)][kApply][fma][mw == 2][vw == 2]};
   return ffi::Error::Success();
 }
 
 // Runs the leaves laid end to end in one index space [0, total) (leaf k at w[k].start),
 // cut into chunks by the threads, so many small leaves cost one parallel loop; a chunk is
 // split where a leaf or a config (a row of hyper, for a vmapped grid) ends.
-void RunLeaves(ffi::ThreadPool& pool, const float* rows, const LeafWork* w, size_t count,
-               size_t total) {
+void RunLeaves(ffi::ThreadPool& pool, const float* rows, size_t width, const LeafWork* w,
+               size_t count, size_t total) {
   ParallelFor(pool, total, [=](size_t lo, size_t hi) {
     // The leaf holding lo: the last one that starts at or before it.
     size_t k = static_cast<size_t>(
@@ -591,8 +632,8 @@ void RunLeaves(ffi::ThreadPool& pool, const float* rows, const LeafWork* w, size
       while (a < b) {
         const size_t cfg = a / l.per_config;
         const size_t end = std::min(b, (cfg + 1) * l.per_config);
-        l.fn(end - a, l.out + a, l.g + a, l.m + a * l.mw, l.v + a * l.vw,
-             LoadHyper(rows + cfg * kNumHyper));
+        l.fn(end - a, l.out + a, l.q == nullptr ? nullptr : l.q + a, l.g + a, l.m + a * l.mw,
+             l.v + a * l.vw, LoadHyper(rows + cfg * width, width));
         a = end;
       }
       lo = l.start + b;
@@ -601,29 +642,32 @@ void RunLeaves(ffi::ThreadPool& pool, const float* rows, const LeafWork* w, size
   });
 }
 
-// Many leaves in one call: operands `hyper`, then per leaf (p, g, m, v) (apply) or
-// (g, m, v) (update); results per leaf (p, m, v) or (u, m, v). p, m and v are updated in
+// Many leaves in one call: operands `hyper`, then per leaf (p, g, m, v) (apply, and AdamW's
+// update) or (g, m, v) (update); results per leaf (p, m, v) or (u, m, v). p, m and v are updated in
 // place (aliased to their operands by the binding); u is a fresh buffer. All leaves run in
 // one RunLeaves loop. `fma`: whether to contract a*b + c into an FMA as XLA's CPU code does.
 template <Algo A, bool kApply>
 ffi::Error StepImpl(ffi::ThreadPool pool, int32_t fma, ffi::Buffer<ffi::F32> hyper,
                     ffi::RemainingArgs args, ffi::RemainingRets rets) {
-  constexpr size_t kIn = kApply ? 4 : 3;
+  constexpr bool kReadsP = kApply || A == Algo::kAdamW;
+  constexpr size_t kIn = kReadsP ? 4 : 3;
   if (args.size() % kIn != 0 || rets.size() * kIn != args.size() * 3) {
     return ffi::Error::InvalidArgument(
-        kApply ? "adamjax native: apply takes (p, g, m, v) per leaf and returns (p, m, v)"
-               : "adamjax native: update takes (g, m, v) per leaf and returns (u, m, v)");
+        kApply    ? "adamjax native: apply takes (p, g, m, v) per leaf and returns (p, m, v)"
+        : kReadsP ? "adamjax native: AdamW's update takes (p, g, m, v) per leaf and returns "
+                    "(u, m, v)"
+                  : "adamjax native: update takes (g, m, v) per leaf and returns (u, m, v)");
   }
   const size_t leaves = args.size() / kIn;
   std::vector<LeafWork> work;
   work.reserve(leaves);
   size_t total = 0;
   for (size_t k = 0; k < leaves; ++k) {
-    const size_t a0 = kIn * k + (kApply ? 1 : 0);  // the leaf's gradient operand
+    const size_t a0 = kIn * k + (kReadsP ? 1 : 0);  // the leaf's gradient operand
     auto g_in = args.get<ffi::AnyBuffer>(a0);
     auto m_in = args.get<ffi::AnyBuffer>(a0 + 1);
     auto v_in = args.get<ffi::AnyBuffer>(a0 + 2);
-    auto p_in = args.get<ffi::AnyBuffer>(kApply ? kIn * k : a0);
+    auto p_in = args.get<ffi::AnyBuffer>(kReadsP ? kIn * k : a0);
     auto out = rets.get<ffi::AnyBuffer>(3 * k);
     auto m_out = rets.get<ffi::AnyBuffer>(3 * k + 1);
     auto v_out = rets.get<ffi::AnyBuffer>(3 * k + 2);
@@ -632,7 +676,7 @@ ffi::Error StepImpl(ffi::ThreadPool pool, int32_t fma, ffi::Buffer<ffi::F32> hyp
       return ffi::Error::InvalidArgument("adamjax native: a leaf is not a buffer");
     }
     LeafWork leaf;
-    if (auto e = PrepareLeaf<A, kApply>(kApply ? &*p_in : nullptr, *g_in, *m_in, *v_in, hyper,
+    if (auto e = PrepareLeaf<A, kApply>(kReadsP ? &*p_in : nullptr, *g_in, *m_in, *v_in, hyper,
                                         fma != 0, **out, **m_out, **v_out, &leaf);
         e.failure()) {
       return e;
@@ -642,7 +686,9 @@ ffi::Error StepImpl(ffi::ThreadPool pool, int32_t fma, ffi::Buffer<ffi::F32> hyp
     total += leaf.n;
     work.push_back(leaf);
   }
-  if (total > 0) RunLeaves(pool, hyper.typed_data(), work.data(), work.size(), total);
+  if (total > 0) {
+    RunLeaves(pool, hyper.typed_data(), HyperWidth(A), work.data(), work.size(), total);
+  }
   return ffi::Error::Success();
 }
 
@@ -672,7 +718,8 @@ ffi::Error RooflineImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p_in,
 
 }  // namespace
 
-// The step targets: (hyper, leaves...) -> (outputs per leaf), attribute `fma`. (The
+// The step targets: (hyper, leaves...) -> (outputs per leaf), attribute `fma`. AdamW's
+// hyper rows hold 9 floats (weight_decay last), the others' 8. (The
 // binding passes a few dozen leaves per call: XLA's compile time grows faster than linearly
 // with the number of aliased results of one call.)
 #define ADAMJAX_STEP_BINDING       \
@@ -690,6 +737,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamUpdate, (StepImpl<Algo::kAdam, false>),
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxApply, (StepImpl<Algo::kAdaMax, true>),
                               ADAMJAX_STEP_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxUpdate, (StepImpl<Algo::kAdaMax, false>),
+                              ADAMJAX_STEP_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamwApply, (StepImpl<Algo::kAdamW, true>),
+                              ADAMJAX_STEP_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamwUpdate, (StepImpl<Algo::kAdamW, false>),
                               ADAMJAX_STEP_BINDING);
 // Benchmarks only (benchmarks/): the memory roofline of a float32 step, p, m, v += g.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxRoofline, RooflineImpl,
