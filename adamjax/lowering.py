@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import optax
 from jax.custom_derivatives import SymbolicZero
 
+from adamjax import quantize
 from adamjax.base import GradientTransformationExtraArgs, apply_updates, safe_increment
 from adamjax.spec import Spec, spec_of
 from adamjax.step import FusedTransformation
@@ -139,6 +140,7 @@ class _Plan:
     """A recognised chain: its algorithm and the specs of its parts."""
 
     algo: str  # "adam" or "adamax"
+    int8: bool  # moments stored as 8-bit blocks (adamjax.quantize)
     moments: Spec
     bias: Spec | None
     precondition: Spec
@@ -187,14 +189,17 @@ def _match(transforms: tuple) -> tuple[_Plan | None, str]:
     m = moments.hyper
     if _is_number(m["b1"], 0.0) and _is_number(m.get("b1_decay", 1.0), 1.0):
         return None, "b1=0 (no first moment is stored)"
-    for key in ("state_dtype", "mu_dtype", "nu_dtype"):
-        sd = moments.options.get(key)
-        if sd is not None and (isinstance(sd, str) or jnp.dtype(sd) not in _STATE_DTYPES):
-            return None, f"{key}={sd!r} (the kernel stores float32 or bfloat16)"
+    stored = {k: moments.options.get(k) for k in ("mu_dtype", "nu_dtype")}
+    int8 = [quantize.is_int8(sd) for sd in stored.values()]
+    if any(int8) and not all(int8):
+        return None, f"{stored} (8-bit storage of one moment only)"
+    for key, sd in stored.items():
+        if sd is not None and not quantize.is_int8(sd) and jnp.dtype(sd) not in _STATE_DTYPES:
+            return None, f"{key}={sd!r} (the kernel stores float32, bfloat16 or 'int8')"
     if not _is_number(precond.hyper.get("eps_root", 0.0), 0.0):
         eps_root = precond.hyper["eps_root"]
         return None, f"eps_root={eps_root!r} (the kernel has no epsilon inside the root)"
-    return _Plan(algo, moments, bias, precond, lr), ""
+    return _Plan(algo, all(int8), moments, bias, precond, lr), ""
 
 
 # ----------------------------------------------------------------------------------------
@@ -209,10 +214,13 @@ def _lowered(plan: _Plan, pure: Any, force: bool) -> FusedTransformation:
     # float32 params): 0.67x and 0.70x Optax's speed with the kernel's update form, against
     # 1.19x and 0.88x with the chain (docs/fast-paths.md). The fused apply has no such
     # buffer (28 bytes per parameter, in place) and is taken wherever it runs.
+    # With 8-bit moments the kernel's update form is taken under "auto" too: it moves 12
+    # bytes per parameter, where the XLA-compiled chain decodes and encodes the blocks
+    # through long select chains many times slower (docs/fast-paths.md).
     def fused_apply(grads, state, params):
         return _maybe_native("apply", plan, force, grads, state, params)
 
-    if not force:
+    if not (force or plan.int8):
         return FusedTransformation(pure.init, pure.update, fused_apply)
 
     def update(updates, state, params=None, **extra_args):
@@ -255,7 +263,22 @@ def _supported(g, m, v, p) -> bool:
         return False
     if p is not None and (jnp.result_type(p) != _F32 or jnp.shape(p) != shape):
         return False
+    if isinstance(m, quantize.QuantizedArray) or isinstance(v, quantize.QuantizedArray):
+        return all(_quantized_like(s, shape) for s in (m, v)) and m.signed and not v.signed
     return all(jnp.result_type(s) in _STATE_DTYPES and jnp.shape(s) == shape for s in (m, v))
+
+
+def _quantized_like(s: Any, shape: tuple) -> bool:
+    """Whether ``s`` is the 8-bit form of an array of ``shape`` (as adamjax.quantize writes)."""
+    if not isinstance(s, quantize.QuantizedArray) or tuple(s.shape) != tuple(shape):
+        return False
+    nb = quantize.n_blocks(s.size)
+    return (
+        jnp.shape(s.codes) == (nb, quantize.BLOCK_SIZE)
+        and jnp.shape(s.scales) == (nb,)
+        and jnp.result_type(s.codes) == jnp.uint8
+        and jnp.result_type(s.scales) == _F32
+    )
 
 
 def _maybe_native(mode: str, plan: _Plan, force: bool, grads, state, params):
@@ -350,14 +373,15 @@ def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], treedef: Any) -
     kernel as primal, the pure chain's JVP as derivative, the pure chain off the CPU."""
 
     def pure(dynamic, p, g, mu, nu, count):
+        # On lists of leaves: the chain is elementwise per leaf, so any subset of them (the
+        # 8-bit or the float ones) runs as in the whole tree.
         tx = plan.pure({**static, **dynamic})
-        grads = treedef.unflatten(g)
+        grads = list(g)
         st = tx.init(grads)  # only its structure is used: XLA drops the zeros
-        ms = st[0]._replace(count=count, mu=treedef.unflatten(mu), nu=treedef.unflatten(nu))
+        ms = st[0]._replace(count=count, mu=list(mu), nu=list(nu))
         u, new = tx.update(grads, (ms, *st[1:]))
-        first = apply_updates(treedef.unflatten(p), u) if mode == "apply" else u
-        leaves = treedef.flatten_up_to
-        return leaves(first), leaves(new[0].mu), leaves(new[0].nu)
+        first = apply_updates(list(p), u) if mode == "apply" else u
+        return list(first), list(new[0].mu), list(new[0].nu)
 
     @jax.custom_jvp
     def step(dynamic, p, g, mu, nu, count):
@@ -370,9 +394,22 @@ def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], treedef: Any) -
             args = cols if mode == "apply" else [[], *cols]
             return list(zip(*pure(dynamic, *args, count), strict=True))
 
-        kernel = getattr(native, f"{plan.algo}_{mode}")
-        args = (p, g, mu, nu) if mode == "apply" else (g, mu, nu)
-        outs = kernel(*args, hyper, fallback=fallback)
+        def group(idx):  # the leaves idx, as (p, g, m, v) (apply) or (g, m, v)
+            cols = ([p[i] for i in idx],) if mode == "apply" else ()
+            return [*cols, *([x[i] for i in idx] for x in (g, mu, nu))]
+
+        q8 = [i for i, m in enumerate(mu) if isinstance(m, quantize.QuantizedArray)]
+        plain = [i for i in range(len(g)) if i not in set(q8)]
+        outs: list = [None] * len(g)
+        if plain:
+            kernel = getattr(native, f"{plan.algo}_{mode}")
+            got = kernel(*group(plain), hyper, fallback=fallback)
+            for i, out in zip(plain, got, strict=True):
+                outs[i] = out
+        if q8:
+            got = _quantized(native, plan.algo, mode, group(q8), hyper, fallback)
+            for i, out in zip(q8, got, strict=True):
+                outs[i] = out
         return tuple(list(col) for col in zip(*outs, strict=True))
 
     def step_jvp(primals, tangents):
@@ -393,3 +430,33 @@ def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], treedef: Any) -
     step.defjvp(step_jvp, symbolic_zeros=True)
 
     return step
+
+
+def _quantized(native, algo: str, mode: str, cols: list, hyper, fallback) -> list:
+    """The 8-bit kernel on leaves given as columns ``[p,] g, m, v`` (QuantizedArray m, v):
+    ``[(p or u, m, v), ...]``."""
+    *pg, mu, nu = cols
+    leaves = [
+        (*first, m.codes, m.scales, v.codes, v.scales)
+        for *first, m, v in zip(*pg, mu, nu, strict=True)
+    ]
+
+    def raw_fallback(raw):
+        # The chain on the raw leaves (codes and scales rebuilt into QuantizedArray).
+        width = len(pg)
+        back = []
+        for leaf, m, v in zip(raw, mu, nu, strict=True):
+            mc, ms, vc, vs = leaf[width:]
+            back.append(
+                (*leaf[:width], quantize.QuantizedArray(mc, ms, m.shape, m.signed),
+                 quantize.QuantizedArray(vc, vs, v.shape, v.signed))
+            )
+        out = fallback(back)
+        return [(f, m.codes, m.scales, v.codes, v.scales) for f, m, v in out]
+
+    tables = (quantize.decode_table(True), quantize.decode_table(False))
+    got = native.quantized_step(algo, mode, leaves, hyper, tables, fallback=raw_fallback)
+    return [
+        (f, quantize.QuantizedArray(mc, ms, m.shape, True), quantize.QuantizedArray(vc, vs, v.shape, False))
+        for (f, mc, ms, vc, vs), m, v in zip(got, mu, nu, strict=True)
+    ]

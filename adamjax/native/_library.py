@@ -20,13 +20,18 @@ import jax
 _DISABLE_ENV = "ADAMJAX_DISABLE_NATIVE"
 _LIB_STEM = "_adam_ffi"
 TARGET_PREFIX = "adamjax_native_"
-# Python name -> C symbol of each FFI handler in adam_ffi.cc.
+# Python name -> C symbol of each FFI handler in adam_ffi.cc and quantized_ffi.cc.
 TARGETS = {
     "adam_apply": "AdamjaxAdamApply",
     "adam_update": "AdamjaxAdamUpdate",
     "adamax_apply": "AdamjaxAdamaxApply",
     "adamax_update": "AdamjaxAdamaxUpdate",
     "roofline": "AdamjaxRoofline",
+    # 8-bit block-wise moments (quantized_ffi.cc)
+    "adam_apply_q8": "AdamjaxAdamApplyQ8",
+    "adam_update_q8": "AdamjaxAdamUpdateQ8",
+    "adamax_apply_q8": "AdamjaxAdamaxApplyQ8",
+    "adamax_update_q8": "AdamjaxAdamaxUpdateQ8",
 }
 
 
