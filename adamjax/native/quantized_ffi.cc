@@ -160,6 +160,223 @@ ADAMJAX_INLINE void StepBlock(size_t len, float* ADAMJAX_RESTRICT out,
   *vs = EncodeBlock<false>(len, vn, v_max, vc);
 }
 
+#if ADAMJAX_MULTI_ISA
+// ---------------------------------------------------------------------------------------
+// AVX-512 block, written with intrinsics (GCC does not vectorise the loops above: the
+// byte-indexed table reads and the encoder's selects defeat it). The same operations in
+// the same order as StepBlock and EncodeBlock, 16 elements at a time; the last len % 16
+// elements of a block run through the scalar code.
+#define ADAMJAX_Q512_INLINE ADAMJAX_AVX512_TARGET inline __attribute__((always_inline))
+
+namespace q512 {
+
+// The decade by the binade instead of kBits - 1 comparisons: a in [2**-b, 2**(1-b)) lies
+// below every threshold 10**-j >= 2**(1-b) and above every one < 2**-b; at most one
+// threshold lies inside the binade (they are a factor 10 apart), so e is a count looked up
+// by b plus one comparison, the same count as the chain's comparisons (b >= 31 holds 0 and
+// lies below every threshold; a NaN lies below none: e = 0).
+template <int kBits>
+struct DecadeTables {
+  alignas(64) int32_t base[32];
+  alignas(64) float threshold[32];  // -1 where no threshold lies in the binade
+  alignas(64) float ten_to[16];     // 10**e for e < kBits (1 for e = 0)
+  DecadeTables() {
+    for (int b = 0; b < 32; ++b) {
+      const float lo = std::ldexp(1.0f, -b), hi = std::ldexp(1.0f, 1 - b);
+      base[b] = 0;
+      threshold[b] = -1.0f;
+      for (int j = 1; j < kBits; ++j) {
+        if (kTenToMinus[j] >= hi || b == 31) ++base[b];
+        else if (kTenToMinus[j] >= lo) threshold[b] = kTenToMinus[j];
+      }
+    }
+    for (int e = 0; e < 16; ++e) ten_to[e] = e < kBits ? kTenTo[e] : 1.0f;
+  }
+};
+
+template <int kBits>
+const DecadeTables<kBits>& Decades() {
+  static const DecadeTables<kBits> t;
+  return t;
+}
+
+template <int kBits>
+ADAMJAX_Q512_INLINE __m512i NearestMagnitude16(__m512 a, const DecadeTables<kBits>& t) {
+  const __m512i one = _mm512_set1_epi32(1);
+  // b = min(-floor(log2 a), 31); a = 0: getexp gives -inf, so b = 31.
+  const __m512 neg_exp = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_getexp_ps(a));
+  const __m512i b = _mm512_cvttps_epi32(_mm512_min_ps(neg_exp, _mm512_set1_ps(31.0f)));
+  const __m512i base = _mm512_permutex2var_epi32(_mm512_load_si512(t.base), b,
+                                                  _mm512_load_si512(t.base + 16));
+  const __m512 thr = _mm512_permutex2var_ps(_mm512_load_ps(t.threshold), b,
+                                            _mm512_load_ps(t.threshold + 16));
+  const __mmask16 nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+  __m512i e = _mm512_mask_add_epi32(base, _mm512_cmp_ps_mask(a, thr, _CMP_LE_OQ), base, one);
+  e = _mm512_maskz_mov_epi32(static_cast<__mmask16>(~nan), e);
+  const __m512 scaled = _mm512_mul_ps(a, _mm512_permutexvar_ps(e, _mm512_load_ps(t.ten_to)));
+  const __m512i n = _mm512_sllv_epi32(one, _mm512_sub_epi32(_mm512_set1_epi32(kBits - 1), e));
+  const __m512 q = _mm512_mul_ps(
+      _mm512_mul_ps(_mm512_add_ps(scaled, _mm512_set1_ps(kMinusTenth)),
+                    _mm512_set1_ps(kInvNineTenths)),
+      _mm512_cvtepi32_ps(n));
+  const __m512 r = _mm512_roundscale_ps(_mm512_add_ps(q, _mm512_set1_ps(-1.0f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __mmask16 r_nan = _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q);
+  const __m512i minus_one = _mm512_set1_epi32(-1);
+  __m512i k = _mm512_maskz_cvttps_epi32(static_cast<__mmask16>(~r_nan), r);  // NaN -> 0
+  k = _mm512_min_epi32(_mm512_sub_epi32(n, one), _mm512_max_epi32(minus_one, k));
+  const __mmask16 lowest = _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(kBits - 1));
+  const __mmask16 low_half = _mm512_cmp_ps_mask(scaled, _mm512_set1_ps(0.5f), _CMP_LT_OQ);
+  const __m512i k_low = _mm512_maskz_mov_epi32(low_half, minus_one);
+  k = _mm512_mask_mov_epi32(k, lowest, k_low);
+  return _mm512_add_epi32(n, k);
+}
+
+template <bool kSigned>
+ADAMJAX_Q512_INLINE float EncodeBlock(size_t len, const float* x, uint32_t maxbits,
+                                      uint8_t* codes) {
+  const bool finite = maxbits < 0x7f800000u;
+  const float absmax = FromBits(maxbits);
+  const float safe = (finite && absmax > 0.0f) ? absmax : 1.0f;
+  const float inv_s = 1.0f / safe;
+  const __m512 inv = _mm512_set1_ps(inv_s);
+  const __m512 lo = _mm512_set1_ps(-1.0f), hi = _mm512_set1_ps(1.0f);
+  const __m512 zero = _mm512_setzero_ps();
+  const auto& decades = Decades<kSigned ? 7 : 8>();
+  size_t i = 0;
+  for (; i + 16 <= len; i += 16) {
+    __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + i), inv);
+    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, lo, _CMP_LT_OQ), lo);  // clip, NaN kept
+    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, hi, _CMP_GT_OQ), hi);
+    const __m512 a = _mm512_abs_ps(y);
+    __m512i idx;
+    if constexpr (kSigned) {
+      const __m512i mag = NearestMagnitude16<7>(a, decades);
+      const __m512i z = _mm512_set1_epi32(kSignedZero);
+      const __mmask16 neg = _mm512_cmp_ps_mask(y, zero, _CMP_LT_OQ);
+      idx = _mm512_mask_sub_epi32(_mm512_add_epi32(z, mag), neg, z, mag);
+    } else {
+      const __m512i mag = NearestMagnitude16<8>(a, decades);
+      const __mmask16 pos = _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ);
+      idx = _mm512_maskz_max_epi32(pos, mag, _mm512_set1_epi32(1));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(idx));
+  }
+  for (; i < len; ++i) {
+    float y = x[i] * inv_s;
+    y = y < -1.0f ? -1.0f : y;
+    y = y > 1.0f ? 1.0f : y;
+    int idx;
+    if constexpr (kSigned) {
+      const int mag = NearestMagnitude<7>(std::fabs(y));
+      idx = y < 0.0f ? kSignedZero - mag : kSignedZero + mag;
+    } else {
+      const int mag = NearestMagnitude<8>(std::fabs(y));
+      idx = y > 0.0f ? std::max(mag, 1) : 0;
+    }
+    codes[i] = static_cast<uint8_t>(idx);
+  }
+  std::memset(codes + len, kSigned ? kSignedZero : kUnsignedZero, kBlock - len);
+  return finite ? absmax : std::numeric_limits<float>::quiet_NaN();
+}
+
+ADAMJAX_Q512_INLINE __m512 Decode16(const uint8_t* c, const float* table, __m512 scale) {
+  const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
+  return _mm512_mul_ps(_mm512_i32gather_ps(idx, table, 4), scale);
+}
+
+ADAMJAX_Q512_INLINE __m512 MaxNan16(__m512 a, __m512 b) {
+  __m512 r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ), b, a);
+  r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q), r, b);
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), r, a);
+}
+
+template <Algo A, bool kApply, bool kFma>
+ADAMJAX_Q512_INLINE void StepBlock(size_t len, float* ADAMJAX_RESTRICT out,
+                                   const float* ADAMJAX_RESTRICT g, uint8_t* ADAMJAX_RESTRICT mc,
+                                   float* ms, uint8_t* ADAMJAX_RESTRICT vc, float* vs,
+                                   const float* ADAMJAX_RESTRICT mt,
+                                   const float* ADAMJAX_RESTRICT vt, const Hyper& h) {
+  alignas(64) float mn[kBlock];
+  alignas(64) float vn[kBlock];
+  const float m_scale = *ms, v_scale = *vs;
+  const __m512 msc = _mm512_set1_ps(m_scale), vsc = _mm512_set1_ps(v_scale);
+  const __m512 neg_lr = _mm512_set1_ps(h.neg_lr), b1 = _mm512_set1_ps(h.b1),
+               omb1 = _mm512_set1_ps(h.omb1), b2 = _mm512_set1_ps(h.b2),
+               omb2 = _mm512_set1_ps(h.omb2), eps = _mm512_set1_ps(h.eps),
+               inv_c1 = _mm512_set1_ps(h.inv_c1), inv_c2 = _mm512_set1_ps(h.inv_c2);
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+  __m512i m_max = _mm512_setzero_si512(), v_max = _mm512_setzero_si512();
+  size_t i = 0;
+  for (; i + 16 <= len; i += 16) {
+    // The next block's streams, while this one is stepped and encoded: the encoder reads
+    // only L1, and without these the hardware prefetchers restart at every block.
+    __builtin_prefetch(out + i + kBlock, 1, 3);
+    __builtin_prefetch(g + i + kBlock, 0, 3);
+    if ((i & 63) == 0) {
+      __builtin_prefetch(mc + i + kBlock, 1, 3);
+      __builtin_prefetch(vc + i + kBlock, 1, 3);
+    }
+    const __m512 gi = _mm512_loadu_ps(g + i);
+    const __m512 m_old = Decode16(mc + i, mt, msc);
+    const __m512 v_old = Decode16(vc + i, vt, vsc);
+    const __m512 mi = kFma ? _mm512_fmadd_ps(omb1, gi, _mm512_mul_ps(b1, m_old))
+                           : _mm512_add_ps(_mm512_mul_ps(b1, m_old), _mm512_mul_ps(omb1, gi));
+    __m512 vi, d;
+    if constexpr (A == Algo::kAdam) {
+      const __m512 g2 = _mm512_mul_ps(gi, gi);
+      vi = kFma ? _mm512_fmadd_ps(omb2, g2, _mm512_mul_ps(b2, v_old))
+                : _mm512_add_ps(_mm512_mul_ps(b2, v_old), _mm512_mul_ps(omb2, g2));
+      d = _mm512_div_ps(_mm512_mul_ps(mi, inv_c1),
+                        _mm512_add_ps(_mm512_sqrt_ps(_mm512_mul_ps(vi, inv_c2)), eps));
+    } else {
+      vi = MaxNan16(_mm512_mul_ps(b2, v_old), _mm512_abs_ps(gi));
+      d = _mm512_div_ps(_mm512_mul_ps(mi, inv_c1), _mm512_add_ps(vi, eps));
+    }
+    if constexpr (kApply) {
+      const __m512 pi = _mm512_loadu_ps(out + i);
+      _mm512_storeu_ps(out + i, kFma ? _mm512_fmadd_ps(neg_lr, d, pi)
+                                     : _mm512_add_ps(pi, _mm512_mul_ps(neg_lr, d)));
+    } else {
+      _mm512_storeu_ps(out + i, _mm512_mul_ps(neg_lr, d));
+    }
+    _mm512_store_ps(mn + i, mi);
+    _mm512_store_ps(vn + i, vi);
+    m_max = _mm512_max_epu32(m_max, _mm512_and_si512(_mm512_castps_si512(mi), abs_mask));
+    v_max = _mm512_max_epu32(v_max, _mm512_and_si512(_mm512_castps_si512(vi), abs_mask));
+  }
+  uint32_t m_top = _mm512_reduce_max_epu32(m_max), v_top = _mm512_reduce_max_epu32(v_max);
+  for (; i < len; ++i) {  // the tail, as StepBlock
+    const float gi = g[i];
+    const float m_old = mt[mc[i]] * m_scale;
+    const float v_old = vt[vc[i]] * v_scale;
+    const float mi = kFma ? std::fma(h.omb1, gi, h.b1 * m_old) : h.b1 * m_old + h.omb1 * gi;
+    float vi, d;
+    if constexpr (A == Algo::kAdam) {
+      const float g2 = gi * gi;
+      vi = kFma ? std::fma(h.omb2, g2, h.b2 * v_old) : h.b2 * v_old + h.omb2 * g2;
+      d = (mi * h.inv_c1) / (std::sqrt(vi * h.inv_c2) + h.eps);
+    } else {
+      vi = MaxNan(h.b2 * v_old, std::fabs(gi));
+      d = (mi * h.inv_c1) / (vi + h.eps);
+    }
+    if constexpr (kApply) {
+      out[i] = kFma ? std::fma(h.neg_lr, d, out[i]) : out[i] + h.neg_lr * d;
+    } else {
+      out[i] = h.neg_lr * d;
+    }
+    mn[i] = mi;
+    vn[i] = vi;
+    m_top = std::max(m_top, AbsBits(mi));
+    v_top = std::max(v_top, AbsBits(vi));
+  }
+  *ms = EncodeBlock<true>(len, mn, m_top, mc);
+  *vs = EncodeBlock<false>(len, vn, v_top, vc);
+}
+
+}  // namespace q512
+#endif
+
 // One leaf of a call: per config (a row of hyper), `size` elements in `blocks` blocks.
 struct QLeaf {
   float* out;
@@ -173,7 +390,7 @@ struct QLeaf {
 
 using BlockFn = void (*)(const QLeaf&, size_t, const float*, const float*, const float*);
 
-#define ADAMJAX_DEFINE_QISA(NS, TARGET_ATTR, ISA_NAME)                                     \
+#define ADAMJAX_DEFINE_QISA(NS, TARGET_ATTR, STEP_BLOCK)                                   \
   namespace NS {                                                                        \
   /* Block j (in [0, configs * blocks)) of leaf l. */                                   \
   template <Algo A, bool kApply, bool kFma>                                             \
@@ -183,7 +400,7 @@ using BlockFn = void (*)(const QLeaf&, size_t, const float*, const float*, const
     const size_t first = b * kBlock;                                                    \
     const size_t len = l.size > first ? std::min(kBlock, l.size - first) : 0;           \
     const size_t e = cfg * l.size + first;                                              \
-    StepBlock<A, kApply, kFma>(len, l.out + e, l.g + e, l.mc + j * kBlock, l.ms + j,     \
+    STEP_BLOCK<A, kApply, kFma>(len, l.out + e, l.g + e, l.mc + j * kBlock, l.ms + j,    \
                                l.vc + j * kBlock, l.vs + j, mt, vt,                     \
                                LoadHyper(rows + cfg * kNumHyper));                      \
   }                                                                                     \
@@ -199,10 +416,10 @@ using BlockFn = void (*)(const QLeaf&, size_t, const float*, const float*, const
   }                                                                                     \
   }  // namespace NS
 
-ADAMJAX_DEFINE_QISA(qisa_base, , "baseline")
+ADAMJAX_DEFINE_QISA(qisa_base, , StepBlock)
 #if ADAMJAX_MULTI_ISA
-ADAMJAX_DEFINE_QISA(qisa_avx2, ADAMJAX_AVX2_TARGET, "avx2")
-ADAMJAX_DEFINE_QISA(qisa_avx512, ADAMJAX_AVX512_TARGET, "avx512")
+ADAMJAX_DEFINE_QISA(qisa_avx2, ADAMJAX_AVX2_TARGET, StepBlock)
+ADAMJAX_DEFINE_QISA(qisa_avx512, ADAMJAX_AVX512_TARGET, q512::StepBlock)
 #endif
 
 struct BlockTable {
