@@ -45,13 +45,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.custom_derivatives import SymbolicZero
 
 from adamjax import quantize
 from adamjax.base import GradientTransformationExtraArgs, apply_updates, safe_increment
 from adamjax.spec import Spec, spec_of
-from adamjax.step import FusedTransformation
+from adamjax.step import FusedTransformation, apply_gradients
 
 __all__ = ["chain"]
 
@@ -320,6 +321,12 @@ def _maybe_native(mode: str, plan: _Plan, force: bool, grads, state, params):
                 f"{native.native_info()['reason']}"
             )
         return None
+    if plan.int8 and any(isinstance(m, quantize.QuantizedArray) for m in mu):
+        why_8bit = _quantized_kernel_check()
+        if why_8bit is not None:
+            if force:
+                raise RuntimeError(f"implementation='native': the 8-bit kernel {why_8bit}")
+            return None
     static = {k: x for k, x in values.items() if not isinstance(x, jax.Array)}
     dynamic = {k: x for k, x in values.items() if isinstance(x, jax.Array)}
     step = _custom_step(mode, plan, static, treedef)
@@ -460,3 +467,67 @@ def _quantized(native, algo: str, mode: str, cols: list, hyper, fallback) -> lis
         (f, quantize.QuantizedArray(mc, ms, m.shape, True), quantize.QuantizedArray(vc, vs, v.shape, False))
         for (f, mc, ms, vc, vs), m, v in zip(got, mu, nu, strict=True)
     ]
+
+
+# ----------------------------------------------------------------------------------------
+# A one-time check of the 8-bit kernel against the chain as XLA compiles it here.
+
+_CHECK: dict[str, Any] = {"done": False, "why": None}
+
+
+def _quantized_kernel_check() -> str | None:
+    """Why the 8-bit kernel must not run here, or None: once per process, a few native
+    steps of ``adam(state_dtype="int8")`` against the XLA-compiled chain, bit for bit.
+
+    The kernel copies what XLA's CPU compiler makes of quantize.py (the reciprocal it
+    multiplies by for ``/ 0.9`` and ``/ scale``, its FMA contractions, NaN -> 0 in
+    float -> int conversions); a jaxlib that compiled the chain otherwise would be caught
+    here and the chain run instead (with one RuntimeWarning).
+    """
+    if _CHECK["done"]:
+        return _CHECK["why"]
+    _CHECK["done"] = True  # the check's own native steps run without it
+    try:
+        why = _compare_quantized_steps()
+    except Exception as e:  # noqa: BLE001 - any failure means: run the chain
+        why = f"failed its check: {type(e).__name__}: {e}"
+    _CHECK["why"] = why
+    if why is not None:
+        import warnings
+
+        warnings.warn(
+            f"adamjax: the native 8-bit-state kernel {why}; 8-bit steps run the pure-JAX "
+            "chain (same results, slower).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return why
+
+
+def _compare_quantized_steps() -> str | None:
+    from adamjax.aliases import adam
+
+    with jax.ensure_compile_time_eval():
+        cpu = jax.devices("cpu")[0]
+        rng = np.random.default_rng(0)
+        n = 2 * quantize.BLOCK_SIZE + 5  # two full blocks and a tail
+        p = jax.device_put(rng.standard_normal(n).astype(np.float32), cpu)
+        opts = [adam(1e-3, state_dtype="int8", implementation=i) for i in ("native", "jax")]
+        steps = [jax.jit(lambda g, s, p, o=o: apply_gradients(o, g, s, p)) for o in opts]
+        states = [o.init(p) for o in opts]
+        ps = [p, p]
+        for t in range(3):
+            scale = 10.0 ** rng.integers(-7, 2, size=n)
+            g = (rng.standard_normal(n) * scale).astype(np.float32)
+            if t == 1:
+                g[7] = np.nan  # a non-finite block: NaN scale, codes of NaN
+            g = jax.device_put(g, cpu)
+            outs = [step(g, st, q) for step, st, q in zip(steps, states, ps, strict=True)]
+            a, b = (jax.tree.leaves(o) for o in outs)
+            for x, y in zip(a, b, strict=True):
+                if not np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True):
+                    return f"differs from the XLA-compiled chain at step {t + 1}"
+            ps = [o[0] for o in outs]
+            states = [o[1] for o in outs]
+    return None
+
