@@ -173,7 +173,8 @@ def test_vmap_over_learning_rates(mode):
 
     batched = jax.jit(jax.vmap(lambda lr: one(lr, "native")))
     got = batched(lrs)
-    assert Q8 in hlo(batched, lrs)
+    assert 'custom_call_target="adamjax_native_adam_' in hlo(batched, lrs)
+    assert f'{mode}{Q8}"' in hlo(batched, lrs)
     for i in range(len(lrs)):
         want = jax.jit(lambda lr: one(lr, "jax"))(lrs[i])
         assert_bits(jax.tree.map(lambda x, i=i: x[i], got), want, f"config {i}")
