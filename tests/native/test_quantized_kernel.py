@@ -217,3 +217,34 @@ def test_decode_table_is_what_dequantize_reads():
         q = QuantizedArray(codes.astype(jnp.uint8), jnp.ones((1,), jnp.float32), (2048,), signed)
         got = np.asarray(quantize.dequantize(q))
         np.testing.assert_array_equal(got, table[np.arange(2048) % 256])
+
+
+def _rounding_ties(count=64):
+    """Magnitudes y in [0.5, 1) at which the encoder's ``(y - 0.1) / 0.9 * 64 - 1`` (as XLA
+    computes it: ``(y + -0.1) * (1 / 0.9f) * 64 + -1`` in float32) is exactly halfway
+    between two integers: there round-half-to-even and any other rounding differ."""
+    lo, hi = np.float32(0.5).view(np.uint32), np.float32(1.0).view(np.uint32)
+    a = np.arange(lo, hi, dtype=np.uint32).view(np.float32)
+    f = (a + np.float32(-0.1)) * (np.float32(1) / np.float32(0.9)) * np.float32(64)
+    f = f + np.float32(-1)
+    return a[(f - np.floor(f)) == np.float32(0.5)][:count]
+
+
+@pytest.mark.parametrize("algo", ["adam", "adamax"])
+def test_exact_rounding_ties_encode_like_the_chain(algo):
+    """m = 0.5 g exactly on the first step (b1 = 0.5, m_0 = 0), and the block's maximum is 1,
+    so the encoder sees the ties themselves (random data almost never does)."""
+    ties = _rounding_ties()
+    assert ties.size > 20  # the ties exist: this test can fail
+    n = 2 * 2048
+    g = np.resize(np.concatenate([2 * ties, -2 * ties]), n).astype(np.float32)
+    g[0] = 2.0  # m = 1: scale 1, y = m exactly
+    params = {"w": jnp.zeros((n,), jnp.float32)}
+
+    def first_step(impl):
+        opt = getattr(adamjax, algo)(1e-3, b1=0.5, state_dtype="int8", implementation=impl)
+        return jax.jit(opt.update)({"w": jnp.asarray(g)}, opt.init(params), params)
+
+    got, want = first_step("native"), first_step("jax")
+    assert_bits(got, want)
+    assert np.asarray(want[1][0].mu["w"].scales)[0] == 1.0
