@@ -23,10 +23,13 @@ The kernel runs when, at trace time: ``implementation`` is not ``"jax"``; the de
 backend is the CPU with a single CPU device (XLA's SPMD partitioner would replicate a
 custom call over a mesh) and 64-bit mode is off; the configuration is one the kernel has
 (``eps_root`` the number 0, a first moment stored, moments stored as float32 or
-bfloat16; any ``b1_decay``, folded into the step's ``b1_t``); every
-gradient leaf is float32 (params too, for the fused apply) with float32/bfloat16 moments;
+bfloat16, or both as ``"int8"``; any ``b1_decay``, folded into the step's ``b1_t``); every
+gradient leaf is float32 (params too, for the fused apply) with float32/bfloat16 moments
+or 8-bit blocks (:class:`adamjax.quantize.QuantizedArray`, the 8-bit kernel; small float32
+leaves of the same tree go to the float kernel);
 array hyperparameters are float32 scalars (a boolean for ``enabled``); and the library
-loaded and passed its self-test. Otherwise the chain runs as written. Its outputs are
+loaded and passed its self-test (for 8-bit moments also a one-time comparison with the
+XLA-compiled chain, :func:`_quantized_kernel_check`). Otherwise the chain runs as written. Its outputs are
 those of the XLA-compiled chain bit for bit (tests/native, tests/test_fast_paths.py).
 
 It stays differentiable: the kernel is wrapped in ``jax.custom_jvp`` whose rule is the
@@ -75,7 +78,8 @@ def chain(*transforms: Any, implementation: str = "auto") -> GradientTransformat
     Args:
       *transforms: the transformations, applied in order.
       implementation: ``"auto"`` (``apply_gradients`` runs the kernel where it applies;
-        ``update`` runs the chain, which XLA fuses with the caller's ``apply_updates``),
+        ``update`` runs the chain, which XLA fuses with the caller's ``apply_updates``,
+        except with 8-bit moments, where ``update`` runs the kernel too),
         ``"jax"`` (always the chain as written: exactly ``optax.chain``) or ``"native"``
         (``update`` and ``apply_gradients`` both run the kernel; raises a ``ValueError`` at
         construction if the chain is not one it runs, and a ``TypeError``/``RuntimeError``
@@ -455,8 +459,11 @@ def _quantized(native, algo: str, mode: str, cols: list, hyper, fallback) -> lis
         for leaf, m, v in zip(raw, mu, nu, strict=True):
             mc, ms, vc, vs = leaf[width:]
             back.append(
-                (*leaf[:width], quantize.QuantizedArray(mc, ms, m.shape, m.signed),
-                 quantize.QuantizedArray(vc, vs, v.shape, v.signed))
+                (
+                    *leaf[:width],
+                    quantize.QuantizedArray(mc, ms, m.shape, m.signed),
+                    quantize.QuantizedArray(vc, vs, v.shape, v.signed),
+                )
             )
         out = fallback(back)
         return [(f, m.codes, m.scales, v.codes, v.scales) for f, m, v in out]
@@ -464,7 +471,11 @@ def _quantized(native, algo: str, mode: str, cols: list, hyper, fallback) -> lis
     tables = (quantize.decode_table(True), quantize.decode_table(False))
     got = native.quantized_step(algo, mode, leaves, hyper, tables, fallback=raw_fallback)
     return [
-        (f, quantize.QuantizedArray(mc, ms, m.shape, True), quantize.QuantizedArray(vc, vs, v.shape, False))
+        (
+            f,
+            quantize.QuantizedArray(mc, ms, m.shape, m.signed),
+            quantize.QuantizedArray(vc, vs, v.shape, v.signed),
+        )
         for (f, mc, ms, vc, vs), m, v in zip(got, mu, nu, strict=True)
     ]
 
@@ -530,4 +541,3 @@ def _compare_quantized_steps() -> str | None:
             ps = [o[0] for o in outs]
             states = [o[1] for o in outs]
     return None
-

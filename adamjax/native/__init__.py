@@ -18,6 +18,8 @@ see :func:`native_info`), so the results equal the XLA-compiled chain bit for bi
 Gradients (and params) are float32; ``m`` and ``v`` float32 or bfloat16; any shapes. The
 apply form reads p, g, m, v and writes p, m, v in place (28 bytes per float32 parameter
 under donation); the update form reads g, m, v and writes u, m, v (24 bytes).
+:func:`quantized_step` is the same step with 8-bit block-wise moments (codes and scales),
+decoded and encoded per block in the same pass (16 and 12 bytes per parameter).
 """
 
 from __future__ import annotations

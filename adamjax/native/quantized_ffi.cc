@@ -200,7 +200,8 @@ const DecadeTables<kBits>& Decades() {
   return t;
 }
 
-template <int kBits>
+// kFinite: a is known to be a number (a block without NaN or Inf), the NaN masks are skipped.
+template <int kBits, bool kFinite>
 ADAMJAX_Q512_INLINE __m512i NearestMagnitude16(__m512 a, const DecadeTables<kBits>& t) {
   const __m512i one = _mm512_set1_epi32(1);
   // b = min(-floor(log2 a), 31); a = 0: getexp gives -inf, so b = 31.
@@ -210,9 +211,11 @@ ADAMJAX_Q512_INLINE __m512i NearestMagnitude16(__m512 a, const DecadeTables<kBit
                                                   _mm512_load_si512(t.base + 16));
   const __m512 thr = _mm512_permutex2var_ps(_mm512_load_ps(t.threshold), b,
                                             _mm512_load_ps(t.threshold + 16));
-  const __mmask16 nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
   __m512i e = _mm512_mask_add_epi32(base, _mm512_cmp_ps_mask(a, thr, _CMP_LE_OQ), base, one);
-  e = _mm512_maskz_mov_epi32(static_cast<__mmask16>(~nan), e);
+  if constexpr (!kFinite) {
+    const __mmask16 nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+    e = _mm512_maskz_mov_epi32(static_cast<__mmask16>(~nan), e);
+  }
   const __m512 scaled = _mm512_mul_ps(a, _mm512_permutexvar_ps(e, _mm512_load_ps(t.ten_to)));
   const __m512i n = _mm512_sllv_epi32(one, _mm512_sub_epi32(_mm512_set1_epi32(kBits - 1), e));
   const __m512 q = _mm512_mul_ps(
@@ -221,15 +224,52 @@ ADAMJAX_Q512_INLINE __m512i NearestMagnitude16(__m512 a, const DecadeTables<kBit
       _mm512_cvtepi32_ps(n));
   const __m512 r = _mm512_roundscale_ps(_mm512_add_ps(q, _mm512_set1_ps(-1.0f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __mmask16 r_nan = _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q);
   const __m512i minus_one = _mm512_set1_epi32(-1);
-  __m512i k = _mm512_maskz_cvttps_epi32(static_cast<__mmask16>(~r_nan), r);  // NaN -> 0
+  __m512i k;
+  if constexpr (kFinite) {
+    k = _mm512_cvttps_epi32(r);
+  } else {
+    const __mmask16 r_nan = _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q);
+    k = _mm512_maskz_cvttps_epi32(static_cast<__mmask16>(~r_nan), r);  // NaN -> 0
+  }
   k = _mm512_min_epi32(_mm512_sub_epi32(n, one), _mm512_max_epi32(minus_one, k));
   const __mmask16 lowest = _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(kBits - 1));
   const __mmask16 low_half = _mm512_cmp_ps_mask(scaled, _mm512_set1_ps(0.5f), _CMP_LT_OQ);
   const __m512i k_low = _mm512_maskz_mov_epi32(low_half, minus_one);
   k = _mm512_mask_mov_epi32(k, lowest, k_low);
   return _mm512_add_epi32(n, k);
+}
+
+// Codes of x[0, n) (n a multiple of 16), scaled by inv. kFinite: no NaN in x * inv (the
+// block is finite), so the clip is a min and a max.
+template <bool kSigned, bool kFinite>
+ADAMJAX_Q512_INLINE void EncodeVectors(size_t n, const float* x, float inv_s, uint8_t* codes) {
+  const __m512 inv = _mm512_set1_ps(inv_s);
+  const __m512 lo = _mm512_set1_ps(-1.0f), hi = _mm512_set1_ps(1.0f);
+  const __m512 zero = _mm512_setzero_ps();
+  const auto& decades = Decades<kSigned ? 7 : 8>();
+  for (size_t i = 0; i < n; i += 16) {
+    __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + i), inv);
+    if constexpr (kFinite) {
+      y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
+    } else {
+      y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, lo, _CMP_LT_OQ), lo);  // NaN kept
+      y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, hi, _CMP_GT_OQ), hi);
+    }
+    const __m512 a = _mm512_abs_ps(y);
+    __m512i idx;
+    if constexpr (kSigned) {
+      const __m512i mag = NearestMagnitude16<7, kFinite>(a, decades);
+      const __m512i z = _mm512_set1_epi32(kSignedZero);
+      const __mmask16 neg = _mm512_cmp_ps_mask(y, zero, _CMP_LT_OQ);
+      idx = _mm512_mask_sub_epi32(_mm512_add_epi32(z, mag), neg, z, mag);
+    } else {
+      const __m512i mag = NearestMagnitude16<8, kFinite>(a, decades);
+      const __mmask16 pos = _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ);
+      idx = _mm512_maskz_max_epi32(pos, mag, _mm512_set1_epi32(1));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(idx));
+  }
 }
 
 template <bool kSigned>
@@ -239,28 +279,13 @@ ADAMJAX_Q512_INLINE float EncodeBlock(size_t len, const float* x, uint32_t maxbi
   const float absmax = FromBits(maxbits);
   const float safe = (finite && absmax > 0.0f) ? absmax : 1.0f;
   const float inv_s = 1.0f / safe;
-  const __m512 inv = _mm512_set1_ps(inv_s);
-  const __m512 lo = _mm512_set1_ps(-1.0f), hi = _mm512_set1_ps(1.0f);
-  const __m512 zero = _mm512_setzero_ps();
-  const auto& decades = Decades<kSigned ? 7 : 8>();
-  size_t i = 0;
-  for (; i + 16 <= len; i += 16) {
-    __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + i), inv);
-    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, lo, _CMP_LT_OQ), lo);  // clip, NaN kept
-    y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, hi, _CMP_GT_OQ), hi);
-    const __m512 a = _mm512_abs_ps(y);
-    __m512i idx;
-    if constexpr (kSigned) {
-      const __m512i mag = NearestMagnitude16<7>(a, decades);
-      const __m512i z = _mm512_set1_epi32(kSignedZero);
-      const __mmask16 neg = _mm512_cmp_ps_mask(y, zero, _CMP_LT_OQ);
-      idx = _mm512_mask_sub_epi32(_mm512_add_epi32(z, mag), neg, z, mag);
-    } else {
-      const __m512i mag = NearestMagnitude16<8>(a, decades);
-      const __mmask16 pos = _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ);
-      idx = _mm512_maskz_max_epi32(pos, mag, _mm512_set1_epi32(1));
-    }
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(idx));
+  size_t i = len & ~size_t{15};
+  // (1 / safe overflows for a subnormal maximum when denormals are not flushed: then
+  // 0 * inf is NaN, as in the chain, and the NaN-aware loop runs.)
+  if (finite && inv_s <= std::numeric_limits<float>::max()) {
+    EncodeVectors<kSigned, true>(i, x, inv_s, codes);
+  } else {
+    EncodeVectors<kSigned, false>(i, x, inv_s, codes);
   }
   for (; i < len; ++i) {
     float y = x[i] * inv_s;
