@@ -29,8 +29,9 @@ or 8-bit blocks (:class:`adamjax.quantize.QuantizedArray`, the 8-bit kernel; sma
 leaves of the same tree go to the float kernel);
 array hyperparameters are float32 scalars (a boolean for ``enabled``); and the library
 loaded and passed its self-test (for 8-bit moments also a one-time comparison with the
-XLA-compiled chain, :func:`_quantized_kernel_check`). Otherwise the chain runs as written. Its outputs are
-those of the XLA-compiled chain bit for bit (tests/native, tests/test_fast_paths.py).
+XLA-compiled chain, :func:`_quantized_kernel_check`). Otherwise the chain runs as
+written. Its outputs are those of the XLA-compiled chain bit for bit (tests/native,
+tests/test_fast_paths.py, tests/test_fast_paths_int8.py).
 
 It stays differentiable: the kernel is wrapped in ``jax.custom_jvp`` whose rule is the
 JVP of the pure chain, with every hyperparameter an explicit argument, so ``jax.grad``
