@@ -21,7 +21,8 @@
 // FMA contraction (attribute `fma`) LLVM fuses the gradient's product into the moment EMAs,
 // `fma(1 - b, g, b * decoded)` (the decoded moment is itself a product), and `p + (-lr) * d`
 // into one FMA. The decode tables are operands, computed by adamjax.quantize with the
-// expressions its decode uses. The binding checks all of this against XLA once, at load.
+// expressions its decode uses. adamjax.lowering checks all of this against the chain once,
+// before the first 8-bit step.
 //
 // Parallel over blocks (many leaves and vmapped configs in one index space), on the
 // calling thread and XLA's intra-op pool; the loops are compiled for AVX-512, AVX2 and

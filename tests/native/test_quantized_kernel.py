@@ -14,6 +14,11 @@ of the format).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -266,3 +271,37 @@ def test_exact_rounding_ties_encode_like_the_chain(algo):
     got, want = first_step("native"), first_step("jax")
     assert_bits(got, want)
     assert np.asarray(want[1][0].mu["w"].scales)[0] == 1.0
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_narrower_isa_variants_give_the_same_bits(isa):
+    """The scalar loops (AVX2 and baseline machines) against the chain, in a child process
+    with ADAMJAX_NATIVE_ISA forcing that variant."""
+    if native.native_info()["isa"] == "baseline":
+        pytest.skip("this CPU only has the baseline variant, tested above")
+    code = f"""
+import jax
+from adamjax import native
+from tests.native import test_quantized_kernel as t
+assert native.native_info()["isa"] == {isa!r}, native.native_info()
+params = t.params_tree()
+for algo in ("adam", "adamax"):
+    for mode in ("apply", "update"):
+        sub = algo == "adam"
+        got = t.run(t.make(algo, "native"), mode, params, 4, subnormal_block=sub)[0]
+        want = t.run(t.make(algo, "jax"), mode, params, 4, subnormal_block=sub)[0]
+        t.assert_bits(got, want, algo + " " + mode)
+print("ISA OK")
+"""
+    root = Path(adamjax.__file__).resolve().parents[1]
+    env = {**os.environ, "ADAMJAX_NATIVE_ISA": isa, "PYTHONPATH": str(root)}
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ISA OK" in r.stdout
