@@ -244,12 +244,13 @@ ADAMJAX_Q512_INLINE __m512i NearestMagnitude16(__m512 a, const DecadeTables<kBit
 // Codes of x[0, n) (n a multiple of 16), scaled by inv. kFinite: no NaN in x * inv (the
 // block is finite), so the clip is a min and a max.
 template <bool kSigned, bool kFinite>
-ADAMJAX_Q512_INLINE void EncodeVectors(size_t n, const float* x, float inv_s, uint8_t* codes) {
+ADAMJAX_Q512_INLINE void EncodeVectors(size_t from, size_t n, const float* x, float inv_s,
+                                       uint8_t* codes) {
   const __m512 inv = _mm512_set1_ps(inv_s);
   const __m512 lo = _mm512_set1_ps(-1.0f), hi = _mm512_set1_ps(1.0f);
   const __m512 zero = _mm512_setzero_ps();
   const auto& decades = Decades<kSigned ? 7 : 8>();
-  for (size_t i = 0; i < n; i += 16) {
+  for (size_t i = from; i < n; i += 16) {
     __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + i), inv);
     if constexpr (kFinite) {
       y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
@@ -273,20 +274,36 @@ ADAMJAX_Q512_INLINE void EncodeVectors(size_t n, const float* x, float inv_s, ui
   }
 }
 
+// The encoder's per-block numbers: 1 / safe scale, and whether the fast (finite) loop
+// applies. (1 / safe overflows for a subnormal maximum when denormals are not flushed:
+// then 0 * inf is NaN, as in the chain, and the NaN-aware loop runs.)
+struct BlockScale {
+  bool finite, fast;
+  float absmax, inv;
+};
+
+ADAMJAX_Q512_INLINE BlockScale ScaleOf(uint32_t maxbits) {
+  BlockScale b;
+  b.finite = maxbits < 0x7f800000u;
+  b.absmax = FromBits(maxbits);
+  const float safe = (b.finite && b.absmax > 0.0f) ? b.absmax : 1.0f;
+  b.inv = 1.0f / safe;
+  b.fast = b.finite && b.inv <= std::numeric_limits<float>::max();
+  return b;
+}
+
+// Codes of a block of len new values x; the first `done` (a multiple of 16, 0 unless the
+// block takes the fast loop) are already written. Returns the block's scale.
 template <bool kSigned>
 ADAMJAX_Q512_INLINE float EncodeBlock(size_t len, const float* x, uint32_t maxbits,
-                                      uint8_t* codes) {
-  const bool finite = maxbits < 0x7f800000u;
-  const float absmax = FromBits(maxbits);
-  const float safe = (finite && absmax > 0.0f) ? absmax : 1.0f;
-  const float inv_s = 1.0f / safe;
+                                      uint8_t* codes, size_t done = 0) {
+  const BlockScale b = ScaleOf(maxbits);
+  const float inv_s = b.inv;
   size_t i = len & ~size_t{15};
-  // (1 / safe overflows for a subnormal maximum when denormals are not flushed: then
-  // 0 * inf is NaN, as in the chain, and the NaN-aware loop runs.)
-  if (finite && inv_s <= std::numeric_limits<float>::max()) {
-    EncodeVectors<kSigned, true>(i, x, inv_s, codes);
+  if (b.fast) {
+    EncodeVectors<kSigned, true>(done, i, x, inv_s, codes);
   } else {
-    EncodeVectors<kSigned, false>(i, x, inv_s, codes);
+    EncodeVectors<kSigned, false>(0, i, x, inv_s, codes);
   }
   for (; i < len; ++i) {
     float y = x[i] * inv_s;
@@ -303,7 +320,30 @@ ADAMJAX_Q512_INLINE float EncodeBlock(size_t len, const float* x, uint32_t maxbi
     codes[i] = static_cast<uint8_t>(idx);
   }
   std::memset(codes + len, kSigned ? kSignedZero : kUnsignedZero, kBlock - len);
-  return finite ? absmax : std::numeric_limits<float>::quiet_NaN();
+  return b.finite ? b.absmax : std::numeric_limits<float>::quiet_NaN();
+}
+
+// A stepped block whose new moments (in a staging buffer) wait to be encoded: the next
+// block's step loop encodes them 16 at a time between its own vectors, so that the
+// encoder's arithmetic fills the time the step spends waiting for memory and the divider.
+struct Pending {
+  const float* m = nullptr;
+  const float* v = nullptr;
+  size_t len = 0;
+  uint32_t m_top = 0, v_top = 0;
+  uint8_t* mc = nullptr;
+  float* ms = nullptr;
+  uint8_t* vc = nullptr;
+  float* vs = nullptr;
+};
+
+// Encodes what is left of `p` (its first m_done / v_done elements are encoded) and its
+// scales; empties it.
+ADAMJAX_Q512_INLINE void Finish(Pending* p, size_t m_done, size_t v_done) {
+  if (p->m == nullptr) return;
+  *p->ms = EncodeBlock<true>(p->len, p->m, p->m_top, p->mc, m_done);
+  *p->vs = EncodeBlock<false>(p->len, p->v, p->v_top, p->vc, v_done);
+  *p = Pending{};
 }
 
 ADAMJAX_Q512_INLINE __m512 Decode16(const uint8_t* c, const float* table, __m512 scale) {
@@ -317,15 +357,22 @@ ADAMJAX_Q512_INLINE __m512 MaxNan16(__m512 a, __m512 b) {
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), r, a);
 }
 
+// Steps one block (its new moments to mn, vn, left pending) while encoding the pending
+// previous block `prev` (then finished; this block becomes `prev`).
 template <Algo A, bool kApply, bool kFma>
 ADAMJAX_Q512_INLINE void StepBlock(size_t len, float* ADAMJAX_RESTRICT out,
                                    const float* ADAMJAX_RESTRICT g, uint8_t* ADAMJAX_RESTRICT mc,
                                    float* ms, uint8_t* ADAMJAX_RESTRICT vc, float* vs,
                                    const float* ADAMJAX_RESTRICT mt,
-                                   const float* ADAMJAX_RESTRICT vt, const Hyper& h) {
-  alignas(64) float mn[kBlock];
-  alignas(64) float vn[kBlock];
+                                   const float* ADAMJAX_RESTRICT vt, const Hyper& h,
+                                   float* ADAMJAX_RESTRICT mn, float* ADAMJAX_RESTRICT vn,
+                                   Pending* prev) {
   const float m_scale = *ms, v_scale = *vs;
+  // The previous block's vectors that the fast (finite) encoder takes here.
+  const BlockScale pm = ScaleOf(prev->m_top), pv = ScaleOf(prev->v_top);
+  const size_t pvec = prev->len & ~size_t{15};
+  const size_t pm_n = prev->m != nullptr && pm.fast ? pvec : 0;
+  const size_t pv_n = prev->m != nullptr && pv.fast ? pvec : 0;
   const __m512 msc = _mm512_set1_ps(m_scale), vsc = _mm512_set1_ps(v_scale);
   const __m512 neg_lr = _mm512_set1_ps(h.neg_lr), b1 = _mm512_set1_ps(h.b1),
                omb1 = _mm512_set1_ps(h.omb1), b2 = _mm512_set1_ps(h.b2),
@@ -370,7 +417,10 @@ ADAMJAX_Q512_INLINE void StepBlock(size_t len, float* ADAMJAX_RESTRICT out,
     _mm512_store_ps(vn + i, vi);
     m_max = _mm512_max_epu32(m_max, _mm512_and_si512(_mm512_castps_si512(mi), abs_mask));
     v_max = _mm512_max_epu32(v_max, _mm512_and_si512(_mm512_castps_si512(vi), abs_mask));
+    if (i < pm_n) EncodeVectors<true, true>(i, i + 16, prev->m, pm.inv, prev->mc);
+    if (i < pv_n) EncodeVectors<false, true>(i, i + 16, prev->v, pv.inv, prev->vc);
   }
+  Finish(prev, std::min(i, pm_n), std::min(i, pv_n));
   uint32_t m_top = _mm512_reduce_max_epu32(m_max), v_top = _mm512_reduce_max_epu32(v_max);
   for (; i < len; ++i) {  // the tail, as StepBlock
     const float gi = g[i];
@@ -396,8 +446,15 @@ ADAMJAX_Q512_INLINE void StepBlock(size_t len, float* ADAMJAX_RESTRICT out,
     m_top = std::max(m_top, AbsBits(mi));
     v_top = std::max(v_top, AbsBits(vi));
   }
-  *ms = EncodeBlock<true>(len, mn, m_top, mc);
-  *vs = EncodeBlock<false>(len, vn, v_top, vc);
+  prev->m = mn;
+  prev->v = vn;
+  prev->len = len;
+  prev->m_top = m_top;
+  prev->v_top = v_top;
+  prev->mc = mc;
+  prev->ms = ms;
+  prev->vc = vc;
+  prev->vs = vs;
 }
 
 }  // namespace q512
@@ -414,42 +471,84 @@ struct QLeaf {
   size_t size, blocks, start;  // start: first block in the index space of the call
 };
 
-using BlockFn = void (*)(const QLeaf&, size_t, const float*, const float*, const float*);
+// Blocks [lo, hi) of the call's index space (leaf k holds the first), in order.
+using ChunkFn = void (*)(const QLeaf*, size_t, size_t, size_t, const float*, const float*,
+                         const float*);
 
-#define ADAMJAX_DEFINE_QISA(NS, TARGET_ATTR, STEP_BLOCK)                                   \
-  namespace NS {                                                                        \
-  /* Block j (in [0, configs * blocks)) of leaf l. */                                   \
-  template <Algo A, bool kApply, bool kFma>                                             \
-  TARGET_ATTR void Block(const QLeaf& l, size_t j, const float* rows, const float* mt,  \
-                         const float* vt) {                                             \
-    const size_t cfg = j / l.blocks, b = j % l.blocks;                                  \
-    const size_t first = b * kBlock;                                                    \
-    const size_t len = l.size > first ? std::min(kBlock, l.size - first) : 0;           \
-    const size_t e = cfg * l.size + first;                                              \
-    STEP_BLOCK<A, kApply, kFma>(len, l.out + e, l.g + e, l.mc + j * kBlock, l.ms + j,    \
-                               l.vc + j * kBlock, l.vs + j, mt, vt,                     \
-                               LoadHyper(rows + cfg * kNumHyper));                      \
-  }                                                                                     \
-  inline void Fill(BlockFn (&t)[2][2][2]) {                                             \
-    t[0][0][0] = &Block<Algo::kAdam, false, false>;                                     \
-    t[0][0][1] = &Block<Algo::kAdam, false, true>;                                      \
-    t[0][1][0] = &Block<Algo::kAdam, true, false>;                                      \
-    t[0][1][1] = &Block<Algo::kAdam, true, true>;                                       \
-    t[1][0][0] = &Block<Algo::kAdaMax, false, false>;                                   \
-    t[1][0][1] = &Block<Algo::kAdaMax, false, true>;                                    \
-    t[1][1][0] = &Block<Algo::kAdaMax, true, false>;                                    \
-    t[1][1][1] = &Block<Algo::kAdaMax, true, true>;                                     \
-  }                                                                                     \
+// Where block j (in [0, configs * blocks)) of leaf l lives: its length, first element,
+// config.
+struct BlockAt {
+  size_t len, first_elem, cfg;
+};
+
+ADAMJAX_INLINE BlockAt Locate(const QLeaf& l, size_t j) {
+  const size_t cfg = j / l.blocks, b = j % l.blocks;
+  const size_t first = b * kBlock;
+  const size_t len = l.size > first ? std::min(kBlock, l.size - first) : 0;
+  return BlockAt{len, cfg * l.size + first, cfg};
+}
+
+ADAMJAX_INLINE size_t LeafOf(const QLeaf* w, size_t count, size_t j) {
+  return static_cast<size_t>(std::upper_bound(w, w + count, j,
+                                              [](size_t x, const QLeaf& l) {
+                                                return x < l.start;
+                                              }) -
+                             w) -
+         1;
+}
+
+// The scalar variants step and encode one block after another; the AVX-512 one encodes
+// each block while stepping the next (q512::Pending), with two staging buffers.
+#define ADAMJAX_DEFINE_QISA(NS, TARGET_ATTR, PIPELINED)                                     \
+  namespace NS {                                                                          \
+  template <Algo A, bool kApply, bool kFma>                                               \
+  TARGET_ATTR void Run(const QLeaf* w, size_t count, size_t lo, size_t hi,                \
+                       const float* rows, const float* mt, const float* vt) {             \
+    size_t k = LeafOf(w, count, lo);                                                      \
+    ADAMJAX_QSTATE_##PIPELINED                                                            \
+    for (size_t j = lo; j < hi; ++j) {                                                    \
+      while (k + 1 < count && j >= w[k + 1].start) ++k;                                   \
+      const QLeaf& l = w[k];                                                              \
+      const size_t jj = j - l.start;                                                      \
+      const BlockAt at = Locate(l, jj);                                                   \
+      ADAMJAX_QSTEP_##PIPELINED(l.out + at.first_elem, l.g + at.first_elem,               \
+                                l.mc + jj * kBlock, l.ms + jj, l.vc + jj * kBlock,        \
+                                l.vs + jj, LoadHyper(rows + at.cfg * kNumHyper));         \
+    }                                                                                     \
+    ADAMJAX_QEND_##PIPELINED                                                              \
+  }                                                                                       \
+  inline void Fill(ChunkFn (&t)[2][2][2]) {                                               \
+    t[0][0][0] = &Run<Algo::kAdam, false, false>;                                         \
+    t[0][0][1] = &Run<Algo::kAdam, false, true>;                                          \
+    t[0][1][0] = &Run<Algo::kAdam, true, false>;                                          \
+    t[0][1][1] = &Run<Algo::kAdam, true, true>;                                           \
+    t[1][0][0] = &Run<Algo::kAdaMax, false, false>;                                       \
+    t[1][0][1] = &Run<Algo::kAdaMax, false, true>;                                        \
+    t[1][1][0] = &Run<Algo::kAdaMax, true, false>;                                        \
+    t[1][1][1] = &Run<Algo::kAdaMax, true, true>;                                         \
+  }                                                                                       \
   }  // namespace NS
 
-ADAMJAX_DEFINE_QISA(qisa_base, , StepBlock)
+#define ADAMJAX_QSTATE_SERIAL
+#define ADAMJAX_QSTEP_SERIAL(out, g, mc, ms, vc, vs, h) \
+  StepBlock<A, kApply, kFma>(at.len, out, g, mc, ms, vc, vs, mt, vt, h)
+#define ADAMJAX_QEND_SERIAL
+#define ADAMJAX_QSTATE_PIPELINED     \
+  alignas(64) float stage[2][2][kBlock]; \
+  q512::Pending prev;
+#define ADAMJAX_QSTEP_PIPELINED(out, g, mc, ms, vc, vs, h)                                  \
+  q512::StepBlock<A, kApply, kFma>(at.len, out, g, mc, ms, vc, vs, mt, vt, h,               \
+                                   stage[j & 1][0], stage[j & 1][1], &prev)
+#define ADAMJAX_QEND_PIPELINED q512::Finish(&prev, 0, 0);
+
+ADAMJAX_DEFINE_QISA(qisa_base, , SERIAL)
 #if ADAMJAX_MULTI_ISA
-ADAMJAX_DEFINE_QISA(qisa_avx2, ADAMJAX_AVX2_TARGET, StepBlock)
-ADAMJAX_DEFINE_QISA(qisa_avx512, ADAMJAX_AVX512_TARGET, q512::StepBlock)
+ADAMJAX_DEFINE_QISA(qisa_avx2, ADAMJAX_AVX2_TARGET, SERIAL)
+ADAMJAX_DEFINE_QISA(qisa_avx512, ADAMJAX_AVX512_TARGET, PIPELINED)
 #endif
 
 struct BlockTable {
-  BlockFn fn[2][2][2];  // [algo][apply][fma]
+  ChunkFn fn[2][2][2];  // [algo][apply][fma]
 };
 
 BlockTable SelectBlockTable() {
@@ -587,25 +686,14 @@ ffi::Error QStepImpl(ffi::ThreadPool pool, int32_t fma, ffi::Buffer<ffi::F32> hy
     work.push_back(leaf);
   }
   if (total == 0) return ffi::Error::Success();
-  const BlockFn fn = Blocks().fn[A == Algo::kAdam ? 0 : 1][kApply][fma != 0];
+  const ChunkFn fn = Blocks().fn[A == Algo::kAdam ? 0 : 1][kApply][fma != 0];
   const float* rows = hyper.typed_data();
   const float* mt = m_table.typed_data();
   const float* vt = v_table.typed_data();
   const QLeaf* w = work.data();
   const size_t count = work.size();
   ParallelFor(
-      pool, total,
-      [=](size_t lo, size_t hi) {
-        size_t k = static_cast<size_t>(
-                       std::upper_bound(w, w + count, lo,
-                                        [](size_t x, const QLeaf& l) { return x < l.start; }) -
-                       w) -
-                   1;
-        for (size_t j = lo; j < hi; ++j) {
-          while (k + 1 < count && j >= w[k + 1].start) ++k;
-          fn(w[k], j - w[k].start, rows, mt, vt);
-        }
-      },
+      pool, total, [=](size_t lo, size_t hi) { fn(w, count, lo, hi, rows, mt, vt); },
       kBlocksPerChunk, kSerialBlocks);
   return ffi::Error::Success();
 }
