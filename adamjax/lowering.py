@@ -43,6 +43,7 @@ kernel takes one row of hyperparameters per configuration.
 from __future__ import annotations
 
 import numbers
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -485,6 +486,7 @@ def _quantized(native, algo: str, mode: str, cols: list, hyper, fallback) -> lis
 # A one-time check of the 8-bit kernel against the chain as XLA compiles it here.
 
 _CHECK: dict[str, Any] = {"done": False, "why": None}
+_CHECK_LOCK = threading.RLock()  # re-entered by the check's own native steps
 
 
 def _quantized_kernel_check() -> str | None:
@@ -496,14 +498,15 @@ def _quantized_kernel_check() -> str | None:
     float -> int conversions); a jaxlib that compiled the chain otherwise would be caught
     here and the chain run instead (with one RuntimeWarning).
     """
-    if _CHECK["done"]:
-        return _CHECK["why"]
-    _CHECK["done"] = True  # the check's own native steps run without it
-    try:
-        why = _compare_quantized_steps()
-    except Exception as e:  # noqa: BLE001 - any failure means: run the chain
-        why = f"failed its check: {type(e).__name__}: {e}"
-    _CHECK["why"] = why
+    with _CHECK_LOCK:
+        if _CHECK["done"]:
+            return _CHECK["why"]
+        _CHECK["done"] = True  # the check's own native steps run without it
+        try:
+            why = _compare_quantized_steps()
+        except Exception as e:  # noqa: BLE001 - any failure means: run the chain
+            why = f"failed its check: {type(e).__name__}: {e}"
+        _CHECK["why"] = why
     if why is not None:
         import warnings
 

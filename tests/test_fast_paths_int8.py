@@ -257,3 +257,21 @@ def test_falls_back_to_the_chain(env):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "native raised:" in out.stdout
+
+
+def test_a_failed_check_runs_the_chain_with_one_warning(monkeypatch):
+    """If the one-time check ever finds the kernel differing from the chain (a jaxlib that
+    compiles the chain otherwise), auto runs the chain and says so; native raises."""
+    from adamjax import lowering
+
+    monkeypatch.setattr(lowering, "_CHECK", {"done": False, "why": None})
+    monkeypatch.setattr(
+        lowering, "_compare_quantized_steps", lambda: "differs from the chain at step 1"
+    )
+    params = params_tree()
+    opt = int8_adam("auto")
+    st, g = opt.init(params), grads_at(params, 0)
+    with pytest.warns(RuntimeWarning, match="8-bit-state kernel differs from the chain"):
+        assert not uses_q8(opt.update, g, st, params)
+    with pytest.raises(RuntimeError, match="8-bit kernel differs from the chain"):
+        int8_adam("native").update(g, st, params)
