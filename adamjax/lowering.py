@@ -520,7 +520,14 @@ def _quantized_kernel_check() -> str | None:
 
 
 def _compare_quantized_steps() -> str | None:
+    from adamjax import native
     from adamjax.aliases import adam
+
+    if not native.quantized_available():
+        return (
+            "is missing from the compiled library (built before it was added: rebuild "
+            "adamjax, e.g. `python setup.py build_ext --inplace`)"
+        )
 
     with jax.ensure_compile_time_eval():
         cpu = jax.devices("cpu")[0]

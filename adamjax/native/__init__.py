@@ -42,6 +42,7 @@ __all__ = [
     "adamax_update",
     "native_available",
     "native_info",
+    "quantized_available",
     "quantized_step",
     "ready",
     "supported",
@@ -171,6 +172,12 @@ def adamax_apply(
 ):
     """AdaMax applied to the parameters; see :func:`adamax_update` and :func:`adam_apply`."""
     return _run("adamax", "apply", list(zip(params, grads, m, u, strict=True)), hyper, fallback)
+
+
+def quantized_available() -> bool:
+    """Whether :func:`quantized_step` can run: :func:`native_available` and a library that
+    has the 8-bit targets (one built before them has the float kernels only)."""
+    return native_available() and LIB.q8
 
 
 def quantized_step(

@@ -48,6 +48,7 @@ class Library:
         self.contract = False  # whether XLA's CPU code contracts a*b + c into an FMA
         self.bitwise = True  # whether the kernel rounds exactly as XLA does here
         self.warned = False
+        self.q8 = False  # whether the library has the 8-bit-state targets (quantized_ffi.cc)
 
 
 LIB = Library()
@@ -79,6 +80,8 @@ def load() -> None:
     try:
         lib = ctypes.CDLL(str(path))
         for name, symbol in TARGETS.items():
+            if name.endswith("_q8") and not hasattr(lib, symbol):
+                continue  # a library built before the 8-bit kernel: the float kernels only
             capsule = jax.ffi.pycapsule(getattr(lib, symbol))
             jax.ffi.register_ffi_target(TARGET_PREFIX + name, capsule, platform="cpu")
         lib.AdamjaxNativeIsa.restype = ctypes.c_char_p
@@ -86,6 +89,7 @@ def load() -> None:
         LIB.reason = f"loading {path.name} failed: {type(e).__name__}: {e}"
         return
     LIB.lib, LIB.path = lib, path
+    LIB.q8 = all(hasattr(lib, sym) for name, sym in TARGETS.items() if name.endswith("_q8"))
 
 
 def warn_unavailable() -> None:
