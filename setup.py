@@ -103,7 +103,8 @@ if not _truthy("ADAMJAX_NO_NATIVE_BUILD"):
     ext_modules.append(
         Extension(
             "adamjax.native._adam_ffi",
-            sources=["adamjax/native/adam_ffi.cc"],
+            sources=["adamjax/native/adam_ffi.cc", "adamjax/native/quantized_ffi.cc"],
+            depends=["adamjax/native/kernel_common.h"],
             language="c++",
             extra_compile_args=_CXX_FLAGS,
             extra_link_args=_LINK_FLAGS,

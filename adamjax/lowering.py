@@ -29,13 +29,17 @@ The kernel runs when, at trace time: ``implementation`` is not ``"jax"``; the de
 backend is the CPU with a single CPU device (XLA's SPMD partitioner would replicate a
 custom call over a mesh) and 64-bit mode is off; the configuration is one the kernel has
 (``eps_root`` the number 0, a first moment stored, moments stored as float32 or
-bfloat16; any ``b1_decay``, folded into the step's ``b1_t``; AdamW's ``weight_decay`` a
-number, a float32 scalar array or a schedule, and its mask's leaves Python booleans, the
-leaves masked out running Adam's kernel); every
-gradient leaf is float32 (params too, for the fused apply) with float32/bfloat16 moments;
+bfloat16, or both as ``"int8"``; any ``b1_decay``, folded into the step's ``b1_t``;
+AdamW's ``weight_decay`` a number, a float32 scalar array or a schedule, and its mask's
+leaves Python booleans, the leaves masked out running Adam's kernel; AdamW with 8-bit
+moments runs the chain); every gradient leaf is float32 (params too, for the fused apply)
+with float32/bfloat16 moments or 8-bit blocks (:class:`adamjax.quantize.QuantizedArray`,
+the 8-bit kernel; small float32 leaves of the same tree go to the float kernel);
 array hyperparameters are float32 scalars (a boolean for ``enabled``); and the library
-loaded and passed its self-test. Otherwise the chain runs as written. Its outputs are
-those of the XLA-compiled chain bit for bit (tests/native, tests/test_fast_paths.py).
+loaded and passed its self-test (for 8-bit moments also a one-time comparison with the
+XLA-compiled chain, :func:`_quantized_kernel_check`). Otherwise the chain runs as
+written. Its outputs are those of the XLA-compiled chain bit for bit (tests/native,
+tests/test_fast_paths.py, tests/test_fast_paths_int8.py).
 
 It stays differentiable: the kernel is wrapped in ``jax.custom_jvp`` whose rule is the
 JVP of the pure chain, with every hyperparameter an explicit argument, so ``jax.grad``
@@ -47,6 +51,7 @@ kernel takes one row of hyperparameters per configuration.
 from __future__ import annotations
 
 import numbers
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,9 +62,10 @@ import numpy as np
 import optax
 from jax.custom_derivatives import SymbolicZero
 
+from adamjax import quantize
 from adamjax.base import GradientTransformationExtraArgs, apply_updates, safe_increment
 from adamjax.spec import Spec, spec_of
-from adamjax.step import FusedTransformation
+from adamjax.step import FusedTransformation, apply_gradients
 
 __all__ = ["chain"]
 
@@ -82,7 +88,8 @@ def chain(*transforms: Any, implementation: str = "auto") -> GradientTransformat
     Args:
       *transforms: the transformations, applied in order.
       implementation: ``"auto"`` (``apply_gradients`` runs the kernel where it applies;
-        ``update`` runs the chain, which XLA fuses with the caller's ``apply_updates``),
+        ``update`` runs the chain, which XLA fuses with the caller's ``apply_updates``,
+        except with 8-bit moments, where ``update`` runs the kernel too),
         ``"jax"`` (always the chain as written: exactly ``optax.chain``) or ``"native"``
         (``update`` and ``apply_gradients`` both run the kernel; raises a ``ValueError`` at
         construction if the chain is not one it runs, and a ``TypeError``/``RuntimeError``
@@ -148,6 +155,7 @@ class _Plan:
     """A recognised chain: its algorithm and the specs of its parts."""
 
     algo: str  # "adam", "adamax" or "adamw"
+    int8: bool  # moments stored as 8-bit blocks (adamjax.quantize)
     moments: Spec
     bias: Spec | None
     precondition: Spec
@@ -208,14 +216,19 @@ def _match(transforms: tuple) -> tuple[_Plan | None, str]:
     m = moments.hyper
     if _is_number(m["b1"], 0.0) and _is_number(m.get("b1_decay", 1.0), 1.0):
         return None, "b1=0 (no first moment is stored)"
-    for key in ("state_dtype", "mu_dtype", "nu_dtype"):
-        sd = moments.options.get(key)
-        if sd is not None and (isinstance(sd, str) or jnp.dtype(sd) not in _STATE_DTYPES):
-            return None, f"{key}={sd!r} (the kernel stores float32 or bfloat16)"
+    stored = {k: moments.options.get(k) for k in ("mu_dtype", "nu_dtype")}
+    int8 = [quantize.is_int8(sd) for sd in stored.values()]
+    if any(int8) and not all(int8):
+        return None, f"{stored} (8-bit storage of one moment only)"
+    for key, sd in stored.items():
+        if sd is not None and not quantize.is_int8(sd) and jnp.dtype(sd) not in _STATE_DTYPES:
+            return None, f"{key}={sd!r} (the kernel stores float32, bfloat16 or 'int8')"
     if not _is_number(precond.hyper.get("eps_root", 0.0), 0.0):
         eps_root = precond.hyper["eps_root"]
         return None, f"eps_root={eps_root!r} (the kernel has no epsilon inside the root)"
-    return _Plan(algo, moments, bias, precond, lr, decay), ""
+    if all(int8) and algo == "adamw":
+        return None, "AdamW with 8-bit moments (the 8-bit kernel has no weight decay term)"
+    return _Plan(algo, all(int8), moments, bias, precond, lr, decay), ""
 
 
 # ----------------------------------------------------------------------------------------
@@ -230,10 +243,13 @@ def _lowered(plan: _Plan, pure: Any, force: bool) -> FusedTransformation:
     # float32 params): 0.67x and 0.70x Optax's speed with the kernel's update form, against
     # 1.19x and 0.88x with the chain (docs/fast-paths.md). The fused apply has no such
     # buffer (28 bytes per parameter, in place) and is taken wherever it runs.
+    # With 8-bit moments the kernel's update form is taken under "auto" too: it moves 12
+    # bytes per parameter, where the XLA-compiled chain decodes and encodes the blocks
+    # through long select chains many times slower (docs/fast-paths.md).
     def fused_apply(grads, state, params):
         return _maybe_native("apply", plan, force, grads, state, params)
 
-    if not force:
+    if not (force or plan.int8):
         return FusedTransformation(pure.init, pure.update, fused_apply)
 
     def update(updates, state, params=None, **extra_args):
@@ -276,7 +292,22 @@ def _supported(g, m, v, p) -> bool:
         return False
     if p is not None and (jnp.result_type(p) != _F32 or jnp.shape(p) != shape):
         return False
+    if isinstance(m, quantize.QuantizedArray) or isinstance(v, quantize.QuantizedArray):
+        return all(_quantized_like(s, shape) for s in (m, v)) and m.signed and not v.signed
     return all(jnp.result_type(s) in _STATE_DTYPES and jnp.shape(s) == shape for s in (m, v))
+
+
+def _quantized_like(s: Any, shape: tuple) -> bool:
+    """Whether ``s`` is the 8-bit form of an array of ``shape`` (as adamjax.quantize writes)."""
+    if not isinstance(s, quantize.QuantizedArray) or tuple(s.shape) != tuple(shape):
+        return False
+    nb = quantize.n_blocks(s.size)
+    return (
+        jnp.shape(s.codes) == (nb, quantize.BLOCK_SIZE)
+        and jnp.shape(s.scales) == (nb,)
+        and jnp.result_type(s.codes) == jnp.uint8
+        and jnp.result_type(s.scales) == _F32
+    )
 
 
 def _maybe_native(mode: str, plan: _Plan, force: bool, grads, state, params):
@@ -324,6 +355,12 @@ def _maybe_native(mode: str, plan: _Plan, force: bool, grads, state, params):
                 f"{native.native_info()['reason']}"
             )
         return None
+    if plan.int8 and any(isinstance(m, quantize.QuantizedArray) for m in mu):
+        why_8bit = _quantized_kernel_check()
+        if why_8bit is not None:
+            if force:
+                raise RuntimeError(f"implementation='native': the 8-bit kernel {why_8bit}")
+            return None
     static = {k: x for k, x in values.items() if not isinstance(x, jax.Array)}
     dynamic = {k: x for k, x in values.items() if isinstance(x, jax.Array)}
     step = _custom_step(mode, plan, static, flags)
@@ -437,9 +474,24 @@ def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], flags: Any) -> 
             args = cols if reads_p else [[], *cols]
             return list(zip(*pure(dynamic, *args, count, mask=mask), strict=True))
 
-        kernel = getattr(native, f"{algo}_{mode}")
-        args = (p, g, mu, nu) if reads_p else (g, mu, nu)
-        return kernel(*args, hyper, fallback=fallback)
+        def group(idx):  # the leaves idx, as (p, g, m, v) or (g, m, v)
+            cols = ([p[i] for i in idx],) if reads_p else ()
+            return [*cols, *([x[i] for i in idx] for x in (g, mu, nu))]
+
+        # 8-bit moments (QuantizedArray) go to the 8-bit kernel, the others (float32 or
+        # bfloat16, e.g. leaves too small to quantize) to the float kernel.
+        q8 = [i for i, m in enumerate(mu) if isinstance(m, quantize.QuantizedArray)]
+        plain = [i for i in range(len(g)) if i not in set(q8)]
+        outs: list = [None] * len(g)
+        if plain:
+            kernel = getattr(native, f"{algo}_{mode}")
+            for i, out in zip(plain, kernel(*group(plain), hyper, fallback=fallback), strict=True):
+                outs[i] = out
+        if q8:
+            got = _quantized(native, algo, mode, group(q8), hyper, fallback)
+            for i, out in zip(q8, got, strict=True):
+                outs[i] = out
+        return outs
 
     @jax.custom_jvp
     def step(dynamic, p, g, mu, nu, count):
@@ -483,3 +535,112 @@ def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], flags: Any) -> 
     step.defjvp(step_jvp, symbolic_zeros=True)
 
     return step
+
+
+def _quantized(native, algo: str, mode: str, cols: list, hyper, fallback) -> list:
+    """The 8-bit kernel on leaves given as columns ``[p,] g, m, v`` (QuantizedArray m, v):
+    ``[(p or u, m, v), ...]``."""
+    *pg, mu, nu = cols
+    leaves = [
+        (*first, m.codes, m.scales, v.codes, v.scales)
+        for *first, m, v in zip(*pg, mu, nu, strict=True)
+    ]
+
+    def raw_fallback(raw):
+        # The chain on the raw leaves (codes and scales rebuilt into QuantizedArray).
+        width = len(pg)
+        back = []
+        for leaf, m, v in zip(raw, mu, nu, strict=True):
+            mc, ms, vc, vs = leaf[width:]
+            back.append(
+                (
+                    *leaf[:width],
+                    quantize.QuantizedArray(mc, ms, m.shape, m.signed),
+                    quantize.QuantizedArray(vc, vs, v.shape, v.signed),
+                )
+            )
+        out = fallback(back)
+        return [(f, m.codes, m.scales, v.codes, v.scales) for f, m, v in out]
+
+    tables = (quantize.decode_table(True), quantize.decode_table(False))
+    got = native.quantized_step(algo, mode, leaves, hyper, tables, fallback=raw_fallback)
+    return [
+        (
+            f,
+            quantize.QuantizedArray(mc, ms, m.shape, m.signed),
+            quantize.QuantizedArray(vc, vs, v.shape, v.signed),
+        )
+        for (f, mc, ms, vc, vs), m, v in zip(got, mu, nu, strict=True)
+    ]
+
+
+# ----------------------------------------------------------------------------------------
+# A one-time check of the 8-bit kernel against the chain as XLA compiles it here.
+
+_CHECK: dict[str, Any] = {"done": False, "why": None}
+_CHECK_LOCK = threading.RLock()  # re-entered by the check's own native steps
+
+
+def _quantized_kernel_check() -> str | None:
+    """Why the 8-bit kernel must not run here, or None: once per process, a few native
+    steps of ``adam(state_dtype="int8")`` against the XLA-compiled chain, bit for bit.
+
+    The kernel copies what XLA's CPU compiler makes of quantize.py (the reciprocal it
+    multiplies by for ``/ 0.9`` and ``/ scale``, its FMA contractions, NaN -> 0 in
+    float -> int conversions); a jaxlib that compiled the chain otherwise would be caught
+    here and the chain run instead (with one RuntimeWarning).
+    """
+    with _CHECK_LOCK:
+        if _CHECK["done"]:
+            return _CHECK["why"]
+        _CHECK["done"] = True  # the check's own native steps run without it
+        try:
+            why = _compare_quantized_steps()
+        except Exception as e:  # noqa: BLE001 - any failure means: run the chain
+            why = f"failed its check: {type(e).__name__}: {e}"
+        _CHECK["why"] = why
+    if why is not None:
+        import warnings
+
+        warnings.warn(
+            f"adamjax: the native 8-bit-state kernel {why}; 8-bit steps run the pure-JAX "
+            "chain (same results, slower).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return why
+
+
+def _compare_quantized_steps() -> str | None:
+    from adamjax import native
+    from adamjax.aliases import adam
+
+    if not native.quantized_available():
+        return (
+            "is missing from the compiled library (built before it was added: rebuild "
+            "adamjax, e.g. `python setup.py build_ext --inplace`)"
+        )
+
+    with jax.ensure_compile_time_eval():
+        cpu = jax.devices("cpu")[0]
+        rng = np.random.default_rng(0)
+        n = 2 * quantize.BLOCK_SIZE + 5  # two full blocks and a tail
+        p = jax.device_put(rng.standard_normal(n).astype(np.float32), cpu)
+        opts = [adam(1e-3, state_dtype="int8", implementation=i) for i in ("native", "jax")]
+        steps = [jax.jit(lambda g, s, p, o=o: apply_gradients(o, g, s, p)) for o in opts]
+        states = [o.init(p) for o in opts]
+        ps = [p, p]
+        for t in range(3):
+            scale = 10.0 ** rng.integers(-7, 2, size=n)
+            g = (rng.standard_normal(n) * scale).astype(np.float32)
+            if t == 1:
+                g[7] = np.nan  # a non-finite block: NaN scale, codes of NaN
+            g = jax.device_put(g, cpu)
+            outs = [step(g, st, q) for step, st, q in zip(steps, states, ps, strict=True)]
+            a, b = (jax.tree.leaves(o) for o in outs)
+            for x, y in zip(a, b, strict=True):
+                if not np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True):
+                    return f"differs from the XLA-compiled chain at step {t + 1}"
+            ps = [o[0] for o in outs]
+            states = [o[1] for o in outs]
+    return None

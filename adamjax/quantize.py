@@ -45,6 +45,7 @@ __all__ = [
     "BLOCK_SIZE",
     "MIN_QUANTIZED_SIZE",
     "QuantizedArray",
+    "decode_table",
     "dequantize",
     "quantize",
     "signed_code",
@@ -98,6 +99,19 @@ def _code(signed: bool) -> np.ndarray:
     with jax.ensure_compile_time_eval():
         size = 2 * _HALF + 1 if signed else 256
         return np.asarray(jax.jit(_code_values, static_argnums=1)(jnp.arange(size), signed))
+
+
+@lru_cache(maxsize=2)
+def _decode_table(signed: bool) -> np.ndarray:
+    with jax.ensure_compile_time_eval():
+        return np.asarray(jax.jit(_code_values, static_argnums=1)(jnp.arange(256), signed))
+
+
+def decode_table(signed: bool) -> np.ndarray:
+    """What :func:`dequantize` reads for each of the 256 byte values, before the scale
+    (float32 ``[256]``; the signed code's byte 255, never written, included): the table the
+    native kernel decodes with, ``x = table[code] * scale``."""
+    return _decode_table(signed).copy()
 
 
 def signed_code() -> np.ndarray:

@@ -21,7 +21,9 @@ XLA-compiled chain bit for bit.
 Gradients (and params) are float32; ``m`` and ``v`` float32 or bfloat16; any shapes. The
 apply form reads p, g, m, v and writes p, m, v in place (28 bytes per float32 parameter
 under donation); the update form reads g, m, v and writes u, m, v (24 bytes; AdamW's
-also reads p, 28 bytes).
+also reads p, 28 bytes). :func:`quantized_step` is Adam's or AdaMax's step with 8-bit
+block-wise moments (codes and scales), decoded and encoded per block in the same pass (16
+and 12 bytes per parameter).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ __all__ = [
     "adamw_update",
     "native_available",
     "native_info",
+    "quantized_available",
+    "quantized_step",
     "ready",
     "supported",
 ]
@@ -106,28 +110,42 @@ def supported(grads: Any, m: Any, v: Any, params: Any = None) -> bool:
     return all(jnp.result_type(s) in _STATE_DTYPES and jnp.shape(s) == shape for s in (m, v))
 
 
-def _run(algo: str, mode: str, leaves: list[tuple], hyper: Hyper, fallback: Fallback) -> list:
+def _run(
+    algo: str,
+    mode: str,
+    leaves: list[tuple],
+    hyper: Hyper,
+    fallback: Fallback,
+    tables: tuple | None = None,
+) -> list:
+    """The kernel on the CPU (``tables``: the 8-bit kernel with these decode tables), the
+    ``fallback`` elsewhere."""
     if not leaves:
         return []
     width = len(leaves[0])
+    lead = 1 if tables is None else 3  # the row, and the tables
 
-    def on_cpu(row, *flat):
-        leaves = [tuple(flat[i : i + width]) for i in range(0, len(flat), width)]
+    def on_cpu(*flat):
+        row, rest = flat[0], flat[lead:]
+        leaves = [tuple(rest[i : i + width]) for i in range(0, len(rest), width)]
         if mode == "apply":
             # The call reads every gradient through one optimization barrier, so it runs
             # after the whole backward pass and XLA updates each parameter in place without
             # copying those that the backward pass still reads.
             grads = jax.lax.optimization_barrier([leaf[1] for leaf in leaves])
-            leaves = [(p, g, m, v) for (p, _, m, v), g in zip(leaves, grads, strict=True)]
-        return _calls.step(algo, mode, row, leaves, fma=LIB.contract)
+            leaves = [(leaf[0], gr, *leaf[2:]) for leaf, gr in zip(leaves, grads, strict=True)]
+        if tables is None:
+            return _calls.step(algo, mode, row, leaves, fma=LIB.contract)
+        return _calls.quantized_step(algo, mode, row, flat[1:3], leaves, fma=LIB.contract)
 
-    def elsewhere(row, *flat):
-        del row
-        return fallback([tuple(flat[i : i + width]) for i in range(0, len(flat), width)])
+    def elsewhere(*flat):
+        rest = flat[lead:]
+        return fallback([tuple(rest[i : i + width]) for i in range(0, len(rest), width)])
 
     flat = [jnp.asarray(x) for leaf in leaves for x in leaf]
+    head = [hyper.row()] if tables is None else [hyper.row(), *map(jnp.asarray, tables)]
     # Registered for the CPU only; on another platform the caller's pure chain is lowered.
-    outs = jax.lax.platform_dependent(hyper.row(), *flat, cpu=on_cpu, default=elsewhere)
+    outs = jax.lax.platform_dependent(*head, *flat, cpu=on_cpu, default=elsewhere)
     return [tuple(o) for o in outs]
 
 
@@ -185,3 +203,39 @@ def _with_decay(hyper: Hyper) -> Hyper:
     if hyper.weight_decay is None:
         raise ValueError("adamw kernels need hyper.weight_decay (got None).")
     return hyper
+
+
+def quantized_available() -> bool:
+    """Whether :func:`quantized_step` can run: :func:`native_available` and a library that
+    has the 8-bit targets (one built before them has the float kernels only)."""
+    return native_available() and LIB.q8
+
+
+def quantized_step(
+    algo: str,
+    mode: str,
+    leaves: Leaves,
+    hyper: Hyper,
+    tables: tuple[Any, Any],
+    *,
+    fallback: Fallback,
+) -> list:
+    """One Adam (``algo="adam"``) or AdaMax (``"adamax"``) step per leaf with 8-bit
+    block-wise moments (Dettmers et al., ICLR 2022), in one pass per block of 2048.
+
+    Each leaf is ``(p, g, m_codes, m_scales, v_codes, v_scales)`` (``mode="apply"``) or the
+    same without ``p`` (``"update"``): float32 ``p`` and ``g`` of one shape, uint8 codes
+    ``[..., n_blocks, 2048]`` and float32 scales ``[..., n_blocks]`` with ``n_blocks =
+    max(1, ceil(size / 2048))``. Per block the kernel decodes ``x = table[code] * scale``
+    (``tables``: the float32 ``[256]`` decode tables of m and v), runs the float32 step of
+    :func:`adam_apply` (or its update form), and encodes the new moments: scale = the block's
+    absolute maximum (NaN if it holds a NaN or Inf), codes = nearest entries of
+    ``x / scale`` clipped to [-1, 1] (v: at least index 1 where non-zero), padding as the
+    code of 0 (index 127 for m, 0 for v). Returns ``(p or u, m_codes, m_scales, v_codes,
+    v_scales)`` per leaf, in place under donation (16 bytes per parameter moved by the
+    apply form, 12 by the update form). ``fallback`` takes the list of leaves and returns
+    the same on other platforms. Call only when :func:`native_available`.
+    """
+    if algo not in ("adam", "adamax") or mode not in ("apply", "update"):
+        raise ValueError(f"quantized_step: no kernel {algo!r} in mode {mode!r}.")
+    return _run(algo, mode, [tuple(x) for x in leaves], hyper, fallback, tables=tuple(tables))

@@ -55,6 +55,43 @@ def _one_call(algo, mode, row, leaves, fma):
     return [tuple(res[3 * k : 3 * k + 3]) for k in range(len(leaves))]
 
 
+def quantized_step(
+    algo: str, mode: str, row: jax.Array, tables: tuple, leaves: Sequence[tuple], *, fma: bool
+) -> list[tuple]:
+    """Run target ``{algo}_{mode}_q8`` (8-bit block-wise moments) on ``leaves``:
+    ``(p, g, m_codes, m_scales, v_codes, v_scales)`` each (``mode="apply"``) or the same
+    without ``p`` (``"update"``); returns ``(p or u, m_codes, m_scales, v_codes, v_scales)``
+    per leaf, all but ``u`` aliased to their operands (in place under donation).
+
+    ``tables``: the float32 ``[256]`` decode tables of m and of v.
+    """
+    outs: list[tuple] = []
+    for i in range(0, len(leaves), LEAVES_PER_CALL):
+        outs += _one_quantized_call(algo, mode, row, tables, leaves[i : i + LEAVES_PER_CALL], fma)
+    return outs
+
+
+def _one_quantized_call(algo, mode, row, tables, leaves, fma):
+    width = 6 if mode == "apply" else 5
+    out_like, aliases = [], {}
+    for k, leaf in enumerate(leaves):
+        out_like += [leaf[0], *leaf[-4:]]
+        base = 3 + width * k  # operands 0-2: the row and the two tables
+        if mode == "apply":  # (the update is a fresh buffer)
+            aliases[base] = 5 * k
+        for j in range(1, 5):  # codes and scales of m and v
+            aliases[base + j + (width - 5)] = 5 * k + j
+    call = jax.ffi.ffi_call(
+        TARGET_PREFIX + f"{algo}_{mode}_q8",
+        tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in out_like),
+        input_output_aliases=aliases,
+        vmap_method="broadcast_all",
+    )
+    flat = [x for leaf in leaves for x in leaf]
+    res = call(row, *tables, *flat, fma=np.int32(1 if fma else 0))
+    return [tuple(res[5 * k : 5 * k + 5]) for k in range(len(leaves))]
+
+
 def roofline(p, g, m, v):
     """``p + g, m + g, v + g`` natively, in place: the memory floor of a float32 step
     (28 bytes per element, trivial math). For benchmarks/ only."""

@@ -20,7 +20,7 @@ import jax
 _DISABLE_ENV = "ADAMJAX_DISABLE_NATIVE"
 _LIB_STEM = "_adam_ffi"
 TARGET_PREFIX = "adamjax_native_"
-# Python name -> C symbol of each FFI handler in adam_ffi.cc.
+# Python name -> C symbol of each FFI handler in adam_ffi.cc and quantized_ffi.cc.
 TARGETS = {
     "adam_apply": "AdamjaxAdamApply",
     "adam_update": "AdamjaxAdamUpdate",
@@ -29,6 +29,11 @@ TARGETS = {
     "adamw_apply": "AdamjaxAdamwApply",
     "adamw_update": "AdamjaxAdamwUpdate",
     "roofline": "AdamjaxRoofline",
+    # 8-bit block-wise moments (quantized_ffi.cc)
+    "adam_apply_q8": "AdamjaxAdamApplyQ8",
+    "adam_update_q8": "AdamjaxAdamUpdateQ8",
+    "adamax_apply_q8": "AdamjaxAdamaxApplyQ8",
+    "adamax_update_q8": "AdamjaxAdamaxUpdateQ8",
 }
 
 
@@ -45,6 +50,7 @@ class Library:
         self.contract = False  # whether XLA's CPU code contracts a*b + c into an FMA
         self.bitwise = True  # whether the kernel rounds exactly as XLA does here
         self.warned = False
+        self.q8 = False  # whether the library has the 8-bit-state targets (quantized_ffi.cc)
 
 
 LIB = Library()
@@ -76,6 +82,8 @@ def load() -> None:
     try:
         lib = ctypes.CDLL(str(path))
         for name, symbol in TARGETS.items():
+            if name.endswith("_q8") and not hasattr(lib, symbol):
+                continue  # a library built before the 8-bit kernel: the float kernels only
             capsule = jax.ffi.pycapsule(getattr(lib, symbol))
             jax.ffi.register_ffi_target(TARGET_PREFIX + name, capsule, platform="cpu")
         lib.AdamjaxNativeIsa.restype = ctypes.c_char_p
@@ -83,6 +91,7 @@ def load() -> None:
         LIB.reason = f"loading {path.name} failed: {type(e).__name__}: {e}"
         return
     LIB.lib, LIB.path = lib, path
+    LIB.q8 = all(hasattr(lib, sym) for name, sym in TARGETS.items() if name.endswith("_q8"))
 
 
 def warn_unavailable() -> None:

@@ -19,68 +19,11 @@
 // XLA's intra-op thread pool claim from a shared counter, so that nothing waits for a task
 // that has not started (no deadlock when the pool is busy) and a loaded core does less.
 
-#include <algorithm>
-#include <atomic>
-#include <cmath>
-#include <cstddef>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <string>
-#include <memory>
-#include <thread>
-#include <type_traits>
-#include <vector>
-
-#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
-#include <immintrin.h>
-#define ADAMJAX_X86 1
-#else
-#define ADAMJAX_X86 0
-#endif
-
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
-
-#if defined(__GNUC__) || defined(__clang__)
-#define ADAMJAX_INLINE inline __attribute__((always_inline))
-#define ADAMJAX_RESTRICT __restrict__
-#else
-#define ADAMJAX_INLINE inline
-#define ADAMJAX_RESTRICT
-#endif
+#include "kernel_common.h"
 
 namespace {
 
-// ---------------------------------------------------------------------------------------
-// Hyperparameters: one row of kNumHyper (AdamW: kNumHyperW) float32 values per config,
-// computed by the Python binding with the same JAX expressions as the pure path (so they
-// match it bit for bit).
-enum HyperIndex : int {
-  kNegLr = 0,    // -learning_rate
-  kB1 = 1,       // b1
-  kOneMinusB1 = 2,
-  kB2 = 3,       // b2
-  kOneMinusB2 = 4,
-  kEps = 5,
-  kInvC1 = 6,    // 1 / (1 - b1**t), or 1 without bias correction
-  kInvC2 = 7,    // 1 / (1 - b2**t), or 1
-  kNumHyper = 8,  // the row of Adam and AdaMax
-  kWd = 8,        // weight_decay (AdamW's rows only)
-  kNumHyperW = 9, // the row of AdamW
-};
-
-struct Hyper {
-  float neg_lr, b1, omb1, b2, omb2, eps, inv_c1, inv_c2, wd;
-};
-
-// A row of `width` floats (kNumHyper or kNumHyperW); wd = 0 where the row has none.
-ADAMJAX_INLINE Hyper LoadHyper(const float* row, size_t width) {
-  return Hyper{row[kNegLr],      row[kB1],  row[kOneMinusB1], row[kB2],
-               row[kOneMinusB2], row[kEps], row[kInvC1],      row[kInvC2],
-               width > kWd ? row[kWd] : 0.0f};
-}
+using namespace adamjax_native;  // NOLINT: this file is the kernel that header serves
 
 // ---------------------------------------------------------------------------------------
 // Storage types of the moments.
@@ -104,13 +47,6 @@ ADAMJAX_INLINE void Store(Bf16* p, size_t i, float x) {
   const uint32_t rounded = (b + 0x7fffu + (hi & 1u)) >> 16;
   const uint32_t qnan = (hi & 0x8000u) | 0x7fc0u;
   p[i].bits = static_cast<uint16_t>(x != x ? qnan : rounded);
-}
-
-// max() that propagates NaN from either side, like XLA's maximum.
-ADAMJAX_INLINE float MaxNan(float a, float b) {
-  float r = a > b ? a : b;
-  r = (b != b) ? b : r;
-  return (a != a) ? a : r;
 }
 
 // a * b + c, rounded once (kFma, as XLA's CPU compiler contracts it) or twice.
@@ -196,9 +132,6 @@ ADAMJAX_INLINE void StepLoop(size_t n, float* ADAMJAX_RESTRICT p,
 // 32 lanes; NaN lanes (rare) are redone by the scalar Store. The same operations in the
 // same order as StepLoop, so the results are the same bit for bit. (Prefetches past the
 // end of a buffer are harmless: prefetch never faults.)
-#define ADAMJAX_AVX512_TARGET                                                    \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,"        \
-                        "prefer-vector-width=512")))
 #define ADAMJAX_AVX512_INLINE ADAMJAX_AVX512_TARGET inline __attribute__((always_inline))
 
 namespace v512 {
@@ -406,26 +339,21 @@ struct KernelTable {
   }  // namespace NS
 
 ADAMJAX_DEFINE_ISA(isa_base, , "baseline", StepLoop)
-#if ADAMJAX_X86 && (defined(__GNUC__) || defined(__clang__))
-#define ADAMJAX_MULTI_ISA 1
-ADAMJAX_DEFINE_ISA(isa_avx2, __attribute__((target("avx2,fma"))), "avx2", StepLoop)
+#if ADAMJAX_MULTI_ISA
+ADAMJAX_DEFINE_ISA(isa_avx2, ADAMJAX_AVX2_TARGET, "avx2", StepLoop)
 ADAMJAX_DEFINE_ISA(isa_avx512, ADAMJAX_AVX512_TARGET, "avx512", v512::StepLoop)
-#else
-#define ADAMJAX_MULTI_ISA 0
 #endif
 
 KernelTable SelectTable() {
 #if ADAMJAX_MULTI_ISA
-  __builtin_cpu_init();
-  const char* force = std::getenv("ADAMJAX_NATIVE_ISA");  // "baseline", "avx2" or "avx512"
-  const bool has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const bool has512 = has2 && __builtin_cpu_supports("avx512f") &&
-                      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                      __builtin_cpu_supports("avx512dq");
-  if (force != nullptr && std::strcmp(force, "baseline") == 0) return isa_base::Table();
-  if (force != nullptr && std::strcmp(force, "avx2") == 0 && has2) return isa_avx2::Table();
-  if (has512) return isa_avx512::Table();
-  if (has2) return isa_avx2::Table();
+  switch (PickIsa()) {
+    case Isa::kAvx512:
+      return isa_avx512::Table();
+    case Isa::kAvx2:
+      return isa_avx2::Table();
+    case Isa::kBaseline:
+      break;
+  }
 #endif
   return isa_base::Table();
 }
@@ -435,81 +363,6 @@ const KernelTable& Kernels() {
   return table;
 }
 
-// ---------------------------------------------------------------------------------------
-// Parallel loop over [0, total) in chunks, on the calling thread plus XLA's intra-op pool.
-constexpr size_t kChunk = size_t{1} << 16;      // elements per claimed chunk (64 Ki)
-constexpr size_t kSerialBelow = size_t{1} << 17;  // smaller buffers run on the caller only
-
-int MaxThreadsFromEnv() {
-  const char* s = std::getenv("ADAMJAX_NATIVE_THREADS");
-  if (s == nullptr || *s == '\0') return 0;
-  return std::max(1, std::atoi(s));
-}
-
-template <typename Body>
-struct ParallelJob {
-  explicit ParallelJob(Body b, size_t t, size_t c)
-      : body(std::move(b)), total(t), chunks(c) {}
-  Body body;
-  size_t total;
-  size_t chunks;
-  std::atomic<size_t> next{0};
-  std::atomic<size_t> done{0};
-#if ADAMJAX_X86
-  unsigned int mxcsr = _mm_getcsr();  // denormal flags of the caller (XLA flushes them)
-#endif
-
-  // Claims and runs chunks until none is left.
-  void Work() {
-    for (;;) {
-      const size_t c = next.fetch_add(1, std::memory_order_relaxed);
-      if (c >= chunks) return;
-      const size_t lo = c * kChunk;
-      const size_t hi = std::min(total, lo + kChunk);
-      body(lo, hi);
-      done.fetch_add(1, std::memory_order_release);
-    }
-  }
-};
-
-template <typename Body>
-void ParallelFor(ffi::ThreadPool& pool, size_t total, Body body) {
-  if (total == 0) return;
-  int64_t threads = total < kSerialBelow ? 1 : pool.num_threads();
-  const int cap = MaxThreadsFromEnv();
-  if (cap > 0) threads = std::min<int64_t>(threads, cap);
-  const size_t chunks = (total + kChunk - 1) / kChunk;
-  if (threads <= 1 || chunks <= 1) {
-    body(0, total);
-    return;
-  }
-  auto job = std::make_shared<ParallelJob<Body>>(std::move(body), total, chunks);
-  const int64_t helpers = std::min<int64_t>(threads - 1, static_cast<int64_t>(chunks) - 1);
-  for (int64_t k = 0; k < helpers; ++k) {
-    pool.Schedule([job]() {
-#if ADAMJAX_X86
-      const unsigned int saved = _mm_getcsr();
-      _mm_setcsr(job->mxcsr);
-      job->Work();
-      _mm_setcsr(saved);
-#else
-      job->Work();
-#endif
-    });
-  }
-  job->Work();
-  // Every chunk is claimed now; wait only for those that running helpers still hold.
-  size_t spins = 0;
-  while (job->done.load(std::memory_order_acquire) < chunks) {
-    if (++spins < 4096) {
-#if ADAMJAX_X86
-      _mm_pause();
-#endif
-    } else {
-      std::this_thread::yield();
-    }
-  }
-}
 
 // ---------------------------------------------------------------------------------------
 // FFI handlers.
