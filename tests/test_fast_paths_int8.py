@@ -162,6 +162,31 @@ def test_one_int8_moment_only_runs_the_chain():
         adamjax.chain(*parts, implementation="native")
 
 
+def test_adamw_with_int8_moments_runs_the_chain():
+    """The 8-bit kernel has no weight-decay term: AdamW with 8-bit moments is the chain as
+    written in both calls (and "native" says why)."""
+    params = params_tree()
+    opt = adamjax.adamw(1e-2, weight_decay=0.1, state_dtype="int8")
+    pure = adamjax.adamw(1e-2, weight_decay=0.1, state_dtype="int8", implementation="jax")
+    st = opt.init(params)
+    g = grads_at(params, 0)
+    step = jax.jit(lambda *a: adamjax.apply_gradients(opt, *a))
+    assert not uses_q8(step, g, st, params)
+    assert not uses_q8(opt.update, g, st, params)
+
+    @jax.jit
+    def pure_step(g, st, p):
+        u, st = pure.update(g, st, p)
+        return optax.apply_updates(p, u), st
+
+    a, b = (params, st), (params, st)
+    for t in range(3):
+        a, b = step(grads_at(params, t), a[1], a[0]), pure_step(grads_at(params, t), b[1], b[0])
+        assert_same(a, b, f"step {t}")
+    with pytest.raises(ValueError, match="no weight decay term"):
+        adamjax.adamw(1e-2, state_dtype="int8", implementation="native")
+
+
 def _loss_of_update(impl):
     def loss(lr, g, st, p):
         u, new = int8_adam(impl, learning_rate=lr).update(g, st, p)
