@@ -96,6 +96,7 @@ def params_tree(seed=0):
         "just_quantized": (4096 + 1,),
         "matrix": (70, 130),
         "exact_blocks": (2 * 2048,),
+        "tail_of_100": (2 * 2048 + 100,),  # a last block of 64 + 2 * 16 + 4 elements
         "small": (100,),
         "small_matrix": (30, 7),
     }
@@ -132,6 +133,7 @@ def test_state_is_quantized_where_the_kernel_runs():
         "just_quantized": True,
         "matrix": True,
         "exact_blocks": True,
+        "tail_of_100": True,
         "small": False,
         "small_matrix": False,
     }
@@ -273,17 +275,21 @@ def test_exact_rounding_ties_encode_like_the_chain(algo):
     assert np.asarray(want[1][0].mu["w"].scales)[0] == 1.0
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512-novbmi"])
 def test_narrower_isa_variants_give_the_same_bits(isa):
-    """The scalar loops (AVX2 and baseline machines) against the chain, in a child process
-    with ADAMJAX_NATIVE_ISA forcing that variant."""
+    """The scalar loops (AVX2 and baseline machines), and the AVX-512 loop that decodes by
+    gathers (CPUs without VBMI), against the chain, in a child process with
+    ADAMJAX_NATIVE_ISA forcing that variant."""
     if native.native_info()["isa"] == "baseline":
         pytest.skip("this CPU only has the baseline variant, tested above")
+    if isa == "avx512-novbmi" and native.native_info()["isa"] != "avx512":
+        pytest.skip("this CPU has no AVX-512: the AVX-512 variants cannot run")
+    reported = isa.split("-")[0]
     code = f"""
 import jax
 from adamjax import native
 from tests.native import test_quantized_kernel as t
-assert native.native_info()["isa"] == {isa!r}, native.native_info()
+assert native.native_info()["isa"] == {reported!r}, native.native_info()
 params = t.params_tree()
 for algo in ("adam", "adamax"):
     for mode in ("apply", "update"):
