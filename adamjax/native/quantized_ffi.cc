@@ -119,11 +119,12 @@ ADAMJAX_INLINE float EncodeBlock(size_t len, const float* ADAMJAX_RESTRICT x, ui
   return finite ? absmax : std::numeric_limits<float>::quiet_NaN();
 }
 
-// One block: len <= kBlock elements of out (params in place, or the update), g; the block's
-// codes and scale of m and v, decoded, stepped and encoded in place.
+// One block: len <= kBlock elements of out (params in place, or the update: possibly g's
+// own buffer, each element read before it is written), g; the block's codes and scale of m
+// and v, decoded, stepped and encoded in place.
 template <Algo A, bool kApply, bool kFma>
-ADAMJAX_INLINE void StepBlock(size_t len, float* ADAMJAX_RESTRICT out,
-                              const float* ADAMJAX_RESTRICT g, uint8_t* ADAMJAX_RESTRICT mc,
+ADAMJAX_INLINE void StepBlock(size_t len, float* out, const float* g,
+                              uint8_t* ADAMJAX_RESTRICT mc,
                               float* ms, uint8_t* ADAMJAX_RESTRICT vc, float* vs,
                               const float* ADAMJAX_RESTRICT mt, const float* ADAMJAX_RESTRICT vt,
                               const Hyper& h) {
@@ -400,7 +401,9 @@ ffi::Error PrepareLeaf(size_t configs, const ffi::AnyBuffer* p_in, const ffi::An
 // Operands: hyper ([configs, 8]), the m and v decode tables (256 float32 each; a vmapped
 // call may broadcast them, the first 256 are read), then per leaf (p, g, m codes, m scales,
 // v codes, v scales) (apply) or (g, m codes, m scales, v codes, v scales) (update); results
-// per leaf (p or u, m codes, m scales, v codes, v scales), all but u in place.
+// per leaf (p or u, m codes, m scales, v codes, v scales), each aliased to its operand (u to
+// g: XLA writes the update over a gradient that is dead after the call, and copies one that
+// is not).
 template <Algo A, bool kApply>
 ffi::Error QStepImpl(ffi::ThreadPool pool, int32_t fma, ffi::Buffer<ffi::F32> hyper,
                      ffi::Buffer<ffi::F32> m_table, ffi::Buffer<ffi::F32> v_table,

@@ -311,3 +311,24 @@ print("ISA OK")
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ISA OK" in r.stdout
+
+
+def test_update_is_written_over_a_gradient_computed_in_the_step():
+    """The update form's result shares the gradient's buffer: with the gradient computed
+    inside the jitted step (dead after the update) the kernel writes the update over it,
+    reading each element before writing it. Bit for bit against the chain, and the aliasing
+    is in the compiled program (operand 3, after the row and the two tables, is g)."""
+    params = params_tree()
+    g = grads_like(params, np.random.default_rng(3), 0)
+
+    def step(opt):
+        return jax.jit(lambda g, st, p: opt.update(jax.tree.map(lambda x: x * 2.0, g), st, p))
+
+    native_opt, chain = make("adam", "native"), make("adam", "jax")
+    text = hlo(step(native_opt), g, native_opt.init(params), params)
+    assert Q8 in text and "output_to_operand_aliasing={{0}: (3, {})" in text
+    st_n, st_c = native_opt.init(params), chain.init(params)
+    for _ in range(3):
+        u_n, st_n = step(native_opt)(g, st_n, params)
+        u_c, st_c = step(chain)(g, st_c, params)
+        assert_bits((u_n, st_n), (u_c, st_c))
