@@ -34,21 +34,22 @@ PATHS = ("update+apply_updates", "update, grads in jit", "apply_gradients")
 
 
 def _step(opt, path: str):
-    if path == "apply_gradients":
+    def apply_gradients(p, st, g, s):
+        return adamjax.apply_gradients(opt, g, st, p)
 
-        def step(p, st, g):
-            return adamjax.apply_gradients(opt, g, st, p)
-    elif path == "update, grads in jit":
+    def update_apply(p, st, g, s):
+        u, st = opt.update(g, st, p)
+        return optax.apply_updates(p, u), st
 
-        def step(p, st, g, s):
-            u, st = opt.update(g * s, st, p)
-            return optax.apply_updates(p, u), st
-    else:
+    def update_apply_grads_in_jit(p, st, g, s):
+        u, st = opt.update(g * s, st, p)
+        return optax.apply_updates(p, u), st
 
-        def step(p, st, g):
-            u, st = opt.update(g, st, p)
-            return optax.apply_updates(p, u), st
-
+    step = {
+        "apply_gradients": apply_gradients,
+        "update+apply_updates": update_apply,
+        "update, grads in jit": update_apply_grads_in_jit,
+    }[path]
     return jax.jit(step, donate_argnums=(0, 1))
 
 
@@ -66,8 +67,8 @@ def cases(n: int, with_jax_int8: bool):
     for path in PATHS:
         for name, opt in opts.items():
             p = jnp.linspace(-1.0, 1.0, n, dtype=jnp.float32)
-            extra = (jnp.float32(1.0),) if path == "update, grads in jit" else ()
-            out[(path, name)] = Stepper(_step(opt, path), (p, opt.init(p)), g, *extra)
+            s = jnp.float32(1.0)  # traced: g * s is computed in the step
+            out[(path, name)] = Stepper(_step(opt, path), (p, opt.init(p)), g, s)
     return out
 
 
