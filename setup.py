@@ -104,7 +104,7 @@ if not _truthy("ADAMJAX_NO_NATIVE_BUILD"):
         Extension(
             "adamjax.native._adam_ffi",
             sources=["adamjax/native/adam_ffi.cc", "adamjax/native/quantized_ffi.cc"],
-            depends=["adamjax/native/kernel_common.h"],
+            depends=["adamjax/native/kernel_common.h", "adamjax/native/quantized_avx512.inc"],
             language="c++",
             extra_compile_args=_CXX_FLAGS,
             extra_link_args=_LINK_FLAGS,

@@ -5,7 +5,10 @@ side by side (interleaved) in one run:
 
 * ``update+apply_updates``: ``opt.update`` then ``optax.apply_updates`` (plain Optax, Flax's
   own TrainState, ``nnx.Optimizer``);
-* ``apply_gradients``: ``adamjax.apply_gradients`` (adamjax's Flax TrainState).
+* ``apply_gradients``: ``adamjax.apply_gradients`` (adamjax's Flax TrainState);
+* ``update, grads in jit``: ``update+apply_updates`` with the gradient computed inside the
+  step (here ``g * s``, ``s`` a traced 1.0), as a training step computes it: a buffer that
+  is dead after the update, which the 8-bit kernel overwrites with the update.
 
 For each path it prints the float32-state step (``adamjax.adam(lr)``), the 8-bit-state step
 (``adamjax.adam(lr, state_dtype="int8")``) and their ratio, and the 8-bit step of the chain
@@ -27,19 +30,26 @@ import adamjax
 from benchmarks.timing import Stepper, interleaved
 
 LR = 1e-3
+PATHS = ("update+apply_updates", "update, grads in jit", "apply_gradients")
 
 
 def _step(opt, path: str):
-    if path == "apply_gradients":
+    def apply_gradients(p, st, g, s):
+        return adamjax.apply_gradients(opt, g, st, p)
 
-        def step(p, st, g):
-            return adamjax.apply_gradients(opt, g, st, p)
-    else:
+    def update_apply(p, st, g, s):
+        u, st = opt.update(g, st, p)
+        return optax.apply_updates(p, u), st
 
-        def step(p, st, g):
-            u, st = opt.update(g, st, p)
-            return optax.apply_updates(p, u), st
+    def update_apply_grads_in_jit(p, st, g, s):
+        u, st = opt.update(g * s, st, p)
+        return optax.apply_updates(p, u), st
 
+    step = {
+        "apply_gradients": apply_gradients,
+        "update+apply_updates": update_apply,
+        "update, grads in jit": update_apply_grads_in_jit,
+    }[path]
     return jax.jit(step, donate_argnums=(0, 1))
 
 
@@ -54,10 +64,11 @@ def cases(n: int, with_jax_int8: bool):
             LR, state_dtype="int8", implementation="jax"
         )
     out = {}
-    for path in ("update+apply_updates", "apply_gradients"):
+    for path in PATHS:
         for name, opt in opts.items():
             p = jnp.linspace(-1.0, 1.0, n, dtype=jnp.float32)
-            out[(path, name)] = Stepper(_step(opt, path), (p, opt.init(p)), g)
+            s = jnp.float32(1.0)  # traced: g * s is computed in the step
+            out[(path, name)] = Stepper(_step(opt, path), (p, opt.init(p)), g, s)
     return out
 
 
@@ -74,7 +85,7 @@ def main(argv=None) -> int:
     c = cases(args.n, not args.no_jax_int8)
     t = interleaved({f"{p} | {k}": v for (p, k), v in c.items()}, repeats=args.repeats)
     print(f"n = {args.n:,} float32 parameters, median of {args.repeats} interleaved steps")
-    for path in ("update+apply_updates", "apply_gradients"):
+    for path in PATHS:
         base = t[f"{path} | f32 state"]
         for name in ("f32 state", "int8 state", "int8 state, implementation='jax'"):
             key = f"{path} | {name}"

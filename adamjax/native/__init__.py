@@ -232,9 +232,9 @@ def quantized_step(
     absolute maximum (NaN if it holds a NaN or Inf), codes = nearest entries of
     ``x / scale`` clipped to [-1, 1] (v: at least index 1 where non-zero), padding as the
     code of 0 (index 127 for m, 0 for v). Returns ``(p or u, m_codes, m_scales, v_codes,
-    v_scales)`` per leaf, in place under donation (16 bytes per parameter moved by the
-    apply form, 12 by the update form). ``fallback`` takes the list of leaves and returns
-    the same on other platforms. Call only when :func:`native_available`.
+    v_scales)`` per leaf, in place under donation, ``u`` over ``g`` (16 bytes per parameter
+    moved by the apply form, 12 by the update form). ``fallback`` takes the list of leaves
+    and returns the same on other platforms. Call only when :func:`native_available`.
     """
     if algo not in ("adam", "adamax") or mode not in ("apply", "update"):
         raise ValueError(f"quantized_step: no kernel {algo!r} in mode {mode!r}.")

@@ -46,6 +46,9 @@ namespace adamjax_native {
 #define ADAMJAX_AVX512_TARGET                                                    \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,"        \
                         "prefer-vector-width=512")))
+#define ADAMJAX_AVX512VBMI_TARGET                                                \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx2,fma," \
+                        "prefer-vector-width=512")))
 #else
 #define ADAMJAX_MULTI_ISA 0
 #endif

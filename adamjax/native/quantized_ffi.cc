@@ -119,11 +119,12 @@ ADAMJAX_INLINE float EncodeBlock(size_t len, const float* ADAMJAX_RESTRICT x, ui
   return finite ? absmax : std::numeric_limits<float>::quiet_NaN();
 }
 
-// One block: len <= kBlock elements of out (params in place, or the update), g; the block's
-// codes and scale of m and v, decoded, stepped and encoded in place.
+// One block: len <= kBlock elements of out (params in place, or the update: possibly g's
+// own buffer, each element read before it is written), g; the block's codes and scale of m
+// and v, decoded, stepped and encoded in place.
 template <Algo A, bool kApply, bool kFma>
-ADAMJAX_INLINE void StepBlock(size_t len, float* ADAMJAX_RESTRICT out,
-                              const float* ADAMJAX_RESTRICT g, uint8_t* ADAMJAX_RESTRICT mc,
+ADAMJAX_INLINE void StepBlock(size_t len, float* out, const float* g,
+                              uint8_t* ADAMJAX_RESTRICT mc,
                               float* ms, uint8_t* ADAMJAX_RESTRICT vc, float* vs,
                               const float* ADAMJAX_RESTRICT mt, const float* ADAMJAX_RESTRICT vt,
                               const Hyper& h) {
@@ -161,303 +162,48 @@ ADAMJAX_INLINE void StepBlock(size_t len, float* ADAMJAX_RESTRICT out,
   *vs = EncodeBlock<false>(len, vn, v_max, vc);
 }
 
+// The decode tables of a call: as given (256 float32 each), and cut into byte planes
+// (plane q: byte q of each entry, little-endian) for the byte-permute decoder.
+struct DecodeTables {
+  const float* m;
+  const float* v;
+  alignas(64) uint8_t m_planes[4][kTable];
+  alignas(64) uint8_t v_planes[4][kTable];
+  DecodeTables(const float* mt, const float* vt) : m(mt), v(vt) {
+    for (size_t i = 0; i < kTable; ++i) {
+      uint32_t a, b;
+      std::memcpy(&a, mt + i, sizeof a);
+      std::memcpy(&b, vt + i, sizeof b);
+      for (int q = 0; q < 4; ++q) {
+        m_planes[q][i] = static_cast<uint8_t>(a >> (8 * q));
+        v_planes[q][i] = static_cast<uint8_t>(b >> (8 * q));
+      }
+    }
+  }
+};
+
 #if ADAMJAX_MULTI_ISA
 // ---------------------------------------------------------------------------------------
 // AVX-512 block, written with intrinsics (GCC does not vectorise the loops above: the
-// byte-indexed table reads and the encoder's selects defeat it). The same operations in
-// the same order as StepBlock and EncodeBlock, 16 elements at a time; the last len % 16
-// elements of a block run through the scalar code.
+// byte-indexed table reads and the encoder's selects defeat it), in quantized_avx512.inc:
+// the same operations in the same order as StepBlock and EncodeBlock, 16 elements at a
+// time; the last len % 16 elements of a block run through the scalar code. Compiled twice:
+// q512 decodes with gathers (AVX-512 F, BW, DQ, VL), q512v with byte permutes over the
+// tables' byte planes (VBMI as well: Ice Lake, Sapphire Rapids, Zen 4 and later).
 #define ADAMJAX_Q512_INLINE ADAMJAX_AVX512_TARGET inline __attribute__((always_inline))
-
+#define ADAMJAX_Q512_PLANES 0
 namespace q512 {
-
-// The decade by the binade instead of kBits - 1 comparisons: a in [2**-b, 2**(1-b)) lies
-// below every threshold 10**-j >= 2**(1-b) and above every one < 2**-b; at most one
-// threshold lies inside the binade (they are a factor 10 apart), so e is a count looked up
-// by b plus one comparison, the same count as the chain's comparisons (b >= 31 holds 0 and
-// lies below every threshold; a NaN lies below none: e = 0).
-template <int kBits>
-struct DecadeTables {
-  alignas(64) int32_t base[32];
-  alignas(64) float threshold[32];  // -1 where no threshold lies in the binade
-  alignas(64) float ten_to[16];     // 10**e for e < kBits (1 for e = 0)
-  DecadeTables() {
-    for (int b = 0; b < 32; ++b) {
-      const float lo = std::ldexp(1.0f, -b), hi = std::ldexp(1.0f, 1 - b);
-      base[b] = 0;
-      threshold[b] = -1.0f;
-      for (int j = 1; j < kBits; ++j) {
-        if (kTenToMinus[j] >= hi || b == 31) ++base[b];
-        else if (kTenToMinus[j] >= lo) threshold[b] = kTenToMinus[j];
-      }
-    }
-    for (int e = 0; e < 16; ++e) ten_to[e] = e < kBits ? kTenTo[e] : 1.0f;
-  }
-};
-
-template <int kBits>
-const DecadeTables<kBits>& Decades() {
-  static const DecadeTables<kBits> t;
-  return t;
-}
-
-// kFinite: a is known to be a number (a block without NaN or Inf), the NaN masks are skipped.
-template <int kBits, bool kFinite>
-ADAMJAX_Q512_INLINE __m512i NearestMagnitude16(__m512 a, const DecadeTables<kBits>& t) {
-  const __m512i one = _mm512_set1_epi32(1);
-  // b = min(-floor(log2 a), 31); a = 0: getexp gives -inf, so b = 31.
-  const __m512 neg_exp = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_getexp_ps(a));
-  const __m512i b = _mm512_cvttps_epi32(_mm512_min_ps(neg_exp, _mm512_set1_ps(31.0f)));
-  const __m512i base = _mm512_permutex2var_epi32(_mm512_load_si512(t.base), b,
-                                                  _mm512_load_si512(t.base + 16));
-  const __m512 thr = _mm512_permutex2var_ps(_mm512_load_ps(t.threshold), b,
-                                            _mm512_load_ps(t.threshold + 16));
-  __m512i e = _mm512_mask_add_epi32(base, _mm512_cmp_ps_mask(a, thr, _CMP_LE_OQ), base, one);
-  if constexpr (!kFinite) {
-    const __mmask16 nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
-    e = _mm512_maskz_mov_epi32(static_cast<__mmask16>(~nan), e);
-  }
-  const __m512 scaled = _mm512_mul_ps(a, _mm512_permutexvar_ps(e, _mm512_load_ps(t.ten_to)));
-  const __m512i n = _mm512_sllv_epi32(one, _mm512_sub_epi32(_mm512_set1_epi32(kBits - 1), e));
-  const __m512 q = _mm512_mul_ps(
-      _mm512_mul_ps(_mm512_add_ps(scaled, _mm512_set1_ps(kMinusTenth)),
-                    _mm512_set1_ps(kInvNineTenths)),
-      _mm512_cvtepi32_ps(n));
-  const __m512 r = _mm512_roundscale_ps(_mm512_add_ps(q, _mm512_set1_ps(-1.0f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512i minus_one = _mm512_set1_epi32(-1);
-  __m512i k;
-  if constexpr (kFinite) {
-    k = _mm512_cvttps_epi32(r);
-  } else {
-    const __mmask16 r_nan = _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q);
-    k = _mm512_maskz_cvttps_epi32(static_cast<__mmask16>(~r_nan), r);  // NaN -> 0
-  }
-  k = _mm512_min_epi32(_mm512_sub_epi32(n, one), _mm512_max_epi32(minus_one, k));
-  const __mmask16 lowest = _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(kBits - 1));
-  const __mmask16 low_half = _mm512_cmp_ps_mask(scaled, _mm512_set1_ps(0.5f), _CMP_LT_OQ);
-  const __m512i k_low = _mm512_maskz_mov_epi32(low_half, minus_one);
-  k = _mm512_mask_mov_epi32(k, lowest, k_low);
-  return _mm512_add_epi32(n, k);
-}
-
-// Codes of x[0, n) (n a multiple of 16), scaled by inv. kFinite: no NaN in x * inv (the
-// block is finite), so the clip is a min and a max.
-template <bool kSigned, bool kFinite>
-ADAMJAX_Q512_INLINE void EncodeVectors(size_t from, size_t n, const float* x, float inv_s,
-                                       uint8_t* codes) {
-  const __m512 inv = _mm512_set1_ps(inv_s);
-  const __m512 lo = _mm512_set1_ps(-1.0f), hi = _mm512_set1_ps(1.0f);
-  const __m512 zero = _mm512_setzero_ps();
-  const auto& decades = Decades<kSigned ? 7 : 8>();
-  for (size_t i = from; i < n; i += 16) {
-    __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + i), inv);
-    if constexpr (kFinite) {
-      y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
-    } else {
-      y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, lo, _CMP_LT_OQ), lo);  // NaN kept
-      y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, hi, _CMP_GT_OQ), hi);
-    }
-    const __m512 a = _mm512_abs_ps(y);
-    __m512i idx;
-    if constexpr (kSigned) {
-      const __m512i mag = NearestMagnitude16<7, kFinite>(a, decades);
-      const __m512i z = _mm512_set1_epi32(kSignedZero);
-      const __mmask16 neg = _mm512_cmp_ps_mask(y, zero, _CMP_LT_OQ);
-      idx = _mm512_mask_sub_epi32(_mm512_add_epi32(z, mag), neg, z, mag);
-    } else {
-      const __m512i mag = NearestMagnitude16<8, kFinite>(a, decades);
-      const __mmask16 pos = _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ);
-      idx = _mm512_maskz_max_epi32(pos, mag, _mm512_set1_epi32(1));
-    }
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(idx));
-  }
-}
-
-// The encoder's per-block numbers: 1 / safe scale, and whether the fast (finite) loop
-// applies. (1 / safe overflows for a subnormal maximum when denormals are not flushed:
-// then 0 * inf is NaN, as in the chain, and the NaN-aware loop runs.)
-struct BlockScale {
-  bool finite, fast;
-  float absmax, inv;
-};
-
-ADAMJAX_Q512_INLINE BlockScale ScaleOf(uint32_t maxbits) {
-  BlockScale b;
-  b.finite = maxbits < 0x7f800000u;
-  b.absmax = FromBits(maxbits);
-  const float safe = (b.finite && b.absmax > 0.0f) ? b.absmax : 1.0f;
-  b.inv = 1.0f / safe;
-  b.fast = b.finite && b.inv <= std::numeric_limits<float>::max();
-  return b;
-}
-
-// Codes of a block of len new values x; the first `done` (a multiple of 16, 0 unless the
-// block takes the fast loop) are already written. Returns the block's scale.
-template <bool kSigned>
-ADAMJAX_Q512_INLINE float EncodeBlock(size_t len, const float* x, uint32_t maxbits,
-                                      uint8_t* codes, size_t done = 0) {
-  const BlockScale b = ScaleOf(maxbits);
-  const float inv_s = b.inv;
-  size_t i = len & ~size_t{15};
-  if (b.fast) {
-    EncodeVectors<kSigned, true>(done, i, x, inv_s, codes);
-  } else {
-    EncodeVectors<kSigned, false>(0, i, x, inv_s, codes);
-  }
-  for (; i < len; ++i) {
-    float y = x[i] * inv_s;
-    y = y < -1.0f ? -1.0f : y;
-    y = y > 1.0f ? 1.0f : y;
-    int idx;
-    if constexpr (kSigned) {
-      const int mag = NearestMagnitude<7>(std::fabs(y));
-      idx = y < 0.0f ? kSignedZero - mag : kSignedZero + mag;
-    } else {
-      const int mag = NearestMagnitude<8>(std::fabs(y));
-      idx = y > 0.0f ? std::max(mag, 1) : 0;
-    }
-    codes[i] = static_cast<uint8_t>(idx);
-  }
-  std::memset(codes + len, kSigned ? kSignedZero : kUnsignedZero, kBlock - len);
-  return b.finite ? b.absmax : std::numeric_limits<float>::quiet_NaN();
-}
-
-// A stepped block whose new moments (in a staging buffer) wait to be encoded: the next
-// block's step loop encodes them 16 at a time between its own vectors, so that the
-// encoder's arithmetic fills the time the step spends waiting for memory and the divider.
-struct Pending {
-  const float* m = nullptr;
-  const float* v = nullptr;
-  size_t len = 0;
-  uint32_t m_top = 0, v_top = 0;
-  uint8_t* mc = nullptr;
-  float* ms = nullptr;
-  uint8_t* vc = nullptr;
-  float* vs = nullptr;
-};
-
-// Encodes what is left of `p` (its first m_done / v_done elements are encoded) and its
-// scales; empties it.
-ADAMJAX_Q512_INLINE void Finish(Pending* p, size_t m_done, size_t v_done) {
-  if (p->m == nullptr) return;
-  *p->ms = EncodeBlock<true>(p->len, p->m, p->m_top, p->mc, m_done);
-  *p->vs = EncodeBlock<false>(p->len, p->v, p->v_top, p->vc, v_done);
-  *p = Pending{};
-}
-
-ADAMJAX_Q512_INLINE __m512 Decode16(const uint8_t* c, const float* table, __m512 scale) {
-  const __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
-  return _mm512_mul_ps(_mm512_i32gather_ps(idx, table, 4), scale);
-}
-
-ADAMJAX_Q512_INLINE __m512 MaxNan16(__m512 a, __m512 b) {
-  __m512 r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ), b, a);
-  r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q), r, b);
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), r, a);
-}
-
-// Steps one block (its new moments to mn, vn, left pending) while encoding the pending
-// previous block `prev` (then finished; this block becomes `prev`).
-template <Algo A, bool kApply, bool kFma>
-ADAMJAX_Q512_INLINE void StepBlock(size_t len, float* ADAMJAX_RESTRICT out,
-                                   const float* ADAMJAX_RESTRICT g, uint8_t* ADAMJAX_RESTRICT mc,
-                                   float* ms, uint8_t* ADAMJAX_RESTRICT vc, float* vs,
-                                   const float* ADAMJAX_RESTRICT mt,
-                                   const float* ADAMJAX_RESTRICT vt, const Hyper& h,
-                                   float* ADAMJAX_RESTRICT mn, float* ADAMJAX_RESTRICT vn,
-                                   Pending* prev) {
-  const float m_scale = *ms, v_scale = *vs;
-  // The previous block's vectors that the fast (finite) encoder takes here.
-  const BlockScale pm = ScaleOf(prev->m_top), pv = ScaleOf(prev->v_top);
-  const size_t pvec = prev->len & ~size_t{15};
-  const size_t pm_n = prev->m != nullptr && pm.fast ? pvec : 0;
-  const size_t pv_n = prev->m != nullptr && pv.fast ? pvec : 0;
-  const __m512 msc = _mm512_set1_ps(m_scale), vsc = _mm512_set1_ps(v_scale);
-  const __m512 neg_lr = _mm512_set1_ps(h.neg_lr), b1 = _mm512_set1_ps(h.b1),
-               omb1 = _mm512_set1_ps(h.omb1), b2 = _mm512_set1_ps(h.b2),
-               omb2 = _mm512_set1_ps(h.omb2), eps = _mm512_set1_ps(h.eps),
-               inv_c1 = _mm512_set1_ps(h.inv_c1), inv_c2 = _mm512_set1_ps(h.inv_c2);
-  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
-  __m512i m_max = _mm512_setzero_si512(), v_max = _mm512_setzero_si512();
-  size_t i = 0;
-  for (; i + 16 <= len; i += 16) {
-    // The next block's streams, while this one is stepped and encoded: the encoder reads
-    // only L1, and without these the hardware prefetchers restart at every block.
-    __builtin_prefetch(out + i + kBlock, 1, 3);
-    __builtin_prefetch(g + i + kBlock, 0, 3);
-    if ((i & 63) == 0) {
-      __builtin_prefetch(mc + i + kBlock, 1, 3);
-      __builtin_prefetch(vc + i + kBlock, 1, 3);
-    }
-    const __m512 gi = _mm512_loadu_ps(g + i);
-    const __m512 m_old = Decode16(mc + i, mt, msc);
-    const __m512 v_old = Decode16(vc + i, vt, vsc);
-    const __m512 mi = kFma ? _mm512_fmadd_ps(omb1, gi, _mm512_mul_ps(b1, m_old))
-                           : _mm512_add_ps(_mm512_mul_ps(b1, m_old), _mm512_mul_ps(omb1, gi));
-    __m512 vi, d;
-    if constexpr (A == Algo::kAdam) {
-      const __m512 g2 = _mm512_mul_ps(gi, gi);
-      vi = kFma ? _mm512_fmadd_ps(omb2, g2, _mm512_mul_ps(b2, v_old))
-                : _mm512_add_ps(_mm512_mul_ps(b2, v_old), _mm512_mul_ps(omb2, g2));
-      d = _mm512_div_ps(_mm512_mul_ps(mi, inv_c1),
-                        _mm512_add_ps(_mm512_sqrt_ps(_mm512_mul_ps(vi, inv_c2)), eps));
-    } else {
-      vi = MaxNan16(_mm512_mul_ps(b2, v_old), _mm512_abs_ps(gi));
-      d = _mm512_div_ps(_mm512_mul_ps(mi, inv_c1), _mm512_add_ps(vi, eps));
-    }
-    if constexpr (kApply) {
-      const __m512 pi = _mm512_loadu_ps(out + i);
-      _mm512_storeu_ps(out + i, kFma ? _mm512_fmadd_ps(neg_lr, d, pi)
-                                     : _mm512_add_ps(pi, _mm512_mul_ps(neg_lr, d)));
-    } else {
-      _mm512_storeu_ps(out + i, _mm512_mul_ps(neg_lr, d));
-    }
-    _mm512_store_ps(mn + i, mi);
-    _mm512_store_ps(vn + i, vi);
-    m_max = _mm512_max_epu32(m_max, _mm512_and_si512(_mm512_castps_si512(mi), abs_mask));
-    v_max = _mm512_max_epu32(v_max, _mm512_and_si512(_mm512_castps_si512(vi), abs_mask));
-    if (i < pm_n) EncodeVectors<true, true>(i, i + 16, prev->m, pm.inv, prev->mc);
-    if (i < pv_n) EncodeVectors<false, true>(i, i + 16, prev->v, pv.inv, prev->vc);
-  }
-  Finish(prev, std::min(i, pm_n), std::min(i, pv_n));
-  uint32_t m_top = _mm512_reduce_max_epu32(m_max), v_top = _mm512_reduce_max_epu32(v_max);
-  for (; i < len; ++i) {  // the tail, as StepBlock
-    const float gi = g[i];
-    const float m_old = mt[mc[i]] * m_scale;
-    const float v_old = vt[vc[i]] * v_scale;
-    const float mi = kFma ? std::fma(h.omb1, gi, h.b1 * m_old) : h.b1 * m_old + h.omb1 * gi;
-    float vi, d;
-    if constexpr (A == Algo::kAdam) {
-      const float g2 = gi * gi;
-      vi = kFma ? std::fma(h.omb2, g2, h.b2 * v_old) : h.b2 * v_old + h.omb2 * g2;
-      d = (mi * h.inv_c1) / (std::sqrt(vi * h.inv_c2) + h.eps);
-    } else {
-      vi = MaxNan(h.b2 * v_old, std::fabs(gi));
-      d = (mi * h.inv_c1) / (vi + h.eps);
-    }
-    if constexpr (kApply) {
-      out[i] = kFma ? std::fma(h.neg_lr, d, out[i]) : out[i] + h.neg_lr * d;
-    } else {
-      out[i] = h.neg_lr * d;
-    }
-    mn[i] = mi;
-    vn[i] = vi;
-    m_top = std::max(m_top, AbsBits(mi));
-    v_top = std::max(v_top, AbsBits(vi));
-  }
-  prev->m = mn;
-  prev->v = vn;
-  prev->len = len;
-  prev->m_top = m_top;
-  prev->v_top = v_top;
-  prev->mc = mc;
-  prev->ms = ms;
-  prev->vc = vc;
-  prev->vs = vs;
-}
-
+#include "quantized_avx512.inc"
 }  // namespace q512
+#undef ADAMJAX_Q512_INLINE
+#undef ADAMJAX_Q512_PLANES
+#define ADAMJAX_Q512_INLINE ADAMJAX_AVX512VBMI_TARGET inline __attribute__((always_inline))
+#define ADAMJAX_Q512_PLANES 1
+namespace q512v {
+#include "quantized_avx512.inc"
+}  // namespace q512v
+#undef ADAMJAX_Q512_INLINE
+#undef ADAMJAX_Q512_PLANES
 #endif
 
 // One leaf of a call: per config (a row of hyper), `size` elements in `blocks` blocks.
@@ -472,8 +218,8 @@ struct QLeaf {
 };
 
 // Blocks [lo, hi) of the call's index space (leaf k holds the first), in order.
-using ChunkFn = void (*)(const QLeaf*, size_t, size_t, size_t, const float*, const float*,
-                         const float*);
+using ChunkFn = void (*)(const QLeaf*, size_t, size_t, size_t, const float*,
+                         const DecodeTables*);
 
 // Where block j (in [0, configs * blocks)) of leaf l lives: its length, first element,
 // config.
@@ -499,23 +245,23 @@ ADAMJAX_INLINE size_t LeafOf(const QLeaf* w, size_t count, size_t j) {
 
 // The scalar variants step and encode one block after another; the AVX-512 one encodes
 // each block while stepping the next (q512::Pending), with two staging buffers.
-#define ADAMJAX_DEFINE_QISA(NS, TARGET_ATTR, PIPELINED)                                     \
+#define ADAMJAX_DEFINE_QISA(NS, TARGET_ATTR, PIPELINED, Q)                                  \
   namespace NS {                                                                          \
   template <Algo A, bool kApply, bool kFma>                                               \
   TARGET_ATTR void Run(const QLeaf* w, size_t count, size_t lo, size_t hi,                \
-                       const float* rows, const float* mt, const float* vt) {             \
+                       const float* rows, const DecodeTables* dt) {                       \
     size_t k = LeafOf(w, count, lo);                                                      \
-    ADAMJAX_QSTATE_##PIPELINED                                                            \
+    ADAMJAX_QSTATE_##PIPELINED(Q)                                                         \
     for (size_t j = lo; j < hi; ++j) {                                                    \
       while (k + 1 < count && j >= w[k + 1].start) ++k;                                   \
       const QLeaf& l = w[k];                                                              \
       const size_t jj = j - l.start;                                                      \
       const BlockAt at = Locate(l, jj);                                                   \
-      ADAMJAX_QSTEP_##PIPELINED(l.out + at.first_elem, l.g + at.first_elem,               \
+      ADAMJAX_QSTEP_##PIPELINED(Q, l.out + at.first_elem, l.g + at.first_elem,            \
                                 l.mc + jj * kBlock, l.ms + jj, l.vc + jj * kBlock,        \
                                 l.vs + jj, LoadHyper(rows + at.cfg * kNumHyper));         \
     }                                                                                     \
-    ADAMJAX_QEND_##PIPELINED                                                              \
+    ADAMJAX_QEND_##PIPELINED(Q)                                                           \
   }                                                                                       \
   inline void Fill(ChunkFn (&t)[2][2][2]) {                                               \
     t[0][0][0] = &Run<Algo::kAdam, false, false>;                                         \
@@ -529,27 +275,39 @@ ADAMJAX_INLINE size_t LeafOf(const QLeaf* w, size_t count, size_t j) {
   }                                                                                       \
   }  // namespace NS
 
-#define ADAMJAX_QSTATE_SERIAL
-#define ADAMJAX_QSTEP_SERIAL(out, g, mc, ms, vc, vs, h) \
-  StepBlock<A, kApply, kFma>(at.len, out, g, mc, ms, vc, vs, mt, vt, h)
-#define ADAMJAX_QEND_SERIAL
-#define ADAMJAX_QSTATE_PIPELINED     \
+#define ADAMJAX_QSTATE_SERIAL(Q)
+#define ADAMJAX_QSTEP_SERIAL(Q, out, g, mc, ms, vc, vs, h) \
+  StepBlock<A, kApply, kFma>(at.len, out, g, mc, ms, vc, vs, dt->m, dt->v, h)
+#define ADAMJAX_QEND_SERIAL(Q)
+#define ADAMJAX_QSTATE_PIPELINED(Q)      \
   alignas(64) float stage[2][2][kBlock]; \
-  q512::Pending prev;
-#define ADAMJAX_QSTEP_PIPELINED(out, g, mc, ms, vc, vs, h)                                  \
-  q512::StepBlock<A, kApply, kFma>(at.len, out, g, mc, ms, vc, vs, mt, vt, h,               \
-                                   stage[j & 1][0], stage[j & 1][1], &prev)
-#define ADAMJAX_QEND_PIPELINED q512::Finish(&prev, 0, 0);
+  Q::Pending prev;
+#define ADAMJAX_QSTEP_PIPELINED(Q, out, g, mc, ms, vc, vs, h)                                \
+  Q::StepBlock<A, kApply, kFma>(at.len, out, g, mc, ms, vc, vs, *dt, h, stage[j & 1][0],    \
+                                stage[j & 1][1], &prev)
+#define ADAMJAX_QEND_PIPELINED(Q) Q::Finish(&prev, 0, 0);
 
-ADAMJAX_DEFINE_QISA(qisa_base, , SERIAL)
+ADAMJAX_DEFINE_QISA(qisa_base, , SERIAL, )
 #if ADAMJAX_MULTI_ISA
-ADAMJAX_DEFINE_QISA(qisa_avx2, ADAMJAX_AVX2_TARGET, SERIAL)
-ADAMJAX_DEFINE_QISA(qisa_avx512, ADAMJAX_AVX512_TARGET, PIPELINED)
+ADAMJAX_DEFINE_QISA(qisa_avx2, ADAMJAX_AVX2_TARGET, SERIAL, )
+ADAMJAX_DEFINE_QISA(qisa_avx512, ADAMJAX_AVX512_TARGET, PIPELINED, q512)
+ADAMJAX_DEFINE_QISA(qisa_avx512vbmi, ADAMJAX_AVX512VBMI_TARGET, PIPELINED, q512v)
 #endif
 
 struct BlockTable {
   ChunkFn fn[2][2][2];  // [algo][apply][fma]
 };
+
+#if ADAMJAX_MULTI_ISA
+// The byte-permute decoder where the CPU has AVX-512 VBMI, unless ADAMJAX_NATIVE_ISA is
+// "avx512-novbmi" (the gather decoder, as on CPUs without VBMI; for tests).
+bool UseVbmi() {
+  const char* force = std::getenv("ADAMJAX_NATIVE_ISA");
+  if (force != nullptr && std::strcmp(force, "avx512-novbmi") == 0) return false;
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vbmi");
+}
+#endif
 
 BlockTable SelectBlockTable() {
   BlockTable t{};
@@ -557,7 +315,11 @@ BlockTable SelectBlockTable() {
 #if ADAMJAX_MULTI_ISA
   switch (PickIsa()) {
     case Isa::kAvx512:
-      qisa_avx512::Fill(t.fn);
+      if (UseVbmi()) {
+        qisa_avx512vbmi::Fill(t.fn);
+      } else {
+        qisa_avx512::Fill(t.fn);
+      }
       break;
     case Isa::kAvx2:
       qisa_avx2::Fill(t.fn);
@@ -639,7 +401,9 @@ ffi::Error PrepareLeaf(size_t configs, const ffi::AnyBuffer* p_in, const ffi::An
 // Operands: hyper ([configs, 8]), the m and v decode tables (256 float32 each; a vmapped
 // call may broadcast them, the first 256 are read), then per leaf (p, g, m codes, m scales,
 // v codes, v scales) (apply) or (g, m codes, m scales, v codes, v scales) (update); results
-// per leaf (p or u, m codes, m scales, v codes, v scales), all but u in place.
+// per leaf (p or u, m codes, m scales, v codes, v scales), each aliased to its operand (u to
+// g: XLA writes the update over a gradient that is dead after the call, and copies one that
+// is not).
 template <Algo A, bool kApply>
 ffi::Error QStepImpl(ffi::ThreadPool pool, int32_t fma, ffi::Buffer<ffi::F32> hyper,
                      ffi::Buffer<ffi::F32> m_table, ffi::Buffer<ffi::F32> v_table,
@@ -688,12 +452,12 @@ ffi::Error QStepImpl(ffi::ThreadPool pool, int32_t fma, ffi::Buffer<ffi::F32> hy
   if (total == 0) return ffi::Error::Success();
   const ChunkFn fn = Blocks().fn[A == Algo::kAdam ? 0 : 1][kApply][fma != 0];
   const float* rows = hyper.typed_data();
-  const float* mt = m_table.typed_data();
-  const float* vt = v_table.typed_data();
+  const DecodeTables tables(m_table.typed_data(), v_table.typed_data());
+  const DecodeTables* dt = &tables;
   const QLeaf* w = work.data();
   const size_t count = work.size();
   ParallelFor(
-      pool, total, [=](size_t lo, size_t hi) { fn(w, count, lo, hi, rows, mt, vt); },
+      pool, total, [=](size_t lo, size_t hi) { fn(w, count, lo, hi, rows, dt); },
       kBlocksPerChunk, kSerialBlocks);
   return ffi::Error::Success();
 }

@@ -96,6 +96,7 @@ def params_tree(seed=0):
         "just_quantized": (4096 + 1,),
         "matrix": (70, 130),
         "exact_blocks": (2 * 2048,),
+        "tail_of_100": (2 * 2048 + 100,),  # a last block of 64 + 2 * 16 + 4 elements
         "small": (100,),
         "small_matrix": (30, 7),
     }
@@ -132,6 +133,7 @@ def test_state_is_quantized_where_the_kernel_runs():
         "just_quantized": True,
         "matrix": True,
         "exact_blocks": True,
+        "tail_of_100": True,
         "small": False,
         "small_matrix": False,
     }
@@ -273,17 +275,66 @@ def test_exact_rounding_ties_encode_like_the_chain(algo):
     assert np.asarray(want[1][0].mu["w"].scales)[0] == 1.0
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def _encoder_steps(signed: bool) -> np.ndarray:
+    """Every y in (0, 1] at which the chain's encoder (:func:`adamjax.quantize.quantize`,
+    jitted, block scale 1) moves to the next code magnitude: for each magnitude index c the
+    smallest float32 y with index >= c, by bisection on the float's bits (the index never
+    decreases with y). The unsigned code's index 1 is taken by any y > 0 (the v floor)."""
+    enc = jax.jit(lambda x: quantize.quantize(x, signed=signed).codes)
+    zero = 127 if signed else 0
+    targets = np.arange(1, 128) if signed else np.arange(2, 256)
+    lo = np.zeros(targets.size, np.int64)  # index(lo) < c
+    hi = np.full(targets.size, np.float32(1.0).view(np.uint32), np.int64)  # index(hi) >= c
+    while np.any(hi - lo > 1):
+        mid = (lo + hi) // 2
+        x = np.zeros(2048, np.float32)
+        x[0] = 1.0  # scale 1
+        x[1 : 1 + mid.size] = mid.astype(np.uint32).view(np.float32)
+        mag = np.asarray(enc(jnp.asarray(x)))[0, 1 : 1 + mid.size].astype(np.int64) - zero
+        reached = mag >= targets
+        hi = np.where(reached, mid, hi)
+        lo = np.where(reached, lo, mid)
+    return hi.astype(np.uint32).view(np.float32)
+
+
+def test_every_code_threshold_encodes_like_the_chain():
+    """At each step of both encoders, and one float below it, the kernel's codes equal the
+    chain's: AdaMax with b1 = 0.5 on its first step has m = 0.5 g and v = |g| exactly, and
+    g[0] = 2 makes the scales 1 and 2, so both encoders see y = |g| / 2 itself."""
+    steps = np.concatenate([_encoder_steps(True), _encoder_steps(False)])
+    assert np.unique(steps).size > 250  # 127 + 254 steps, a few shared
+    below = np.nextafter(steps, np.float32(0))
+    y = np.concatenate([steps, below]).astype(np.float32)
+    n = 2 * 2048
+    g = np.resize(np.concatenate([2 * y, -2 * y]), n).astype(np.float32)
+    g[0] = 2.0
+    params = {"w": jnp.zeros((n,), jnp.float32)}
+
+    def first_step(impl):
+        opt = adamjax.adamax(1e-3, b1=0.5, state_dtype="int8", implementation=impl)
+        return jax.jit(opt.update)({"w": jnp.asarray(g)}, opt.init(params), params)
+
+    got, want = first_step("native"), first_step("jax")
+    assert_bits(got, want)
+    assert np.asarray(want[1][0].mu["w"].scales)[0] == 1.0
+    assert np.asarray(want[1][0].nu["w"].scales)[0] == 2.0
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512-novbmi"])
 def test_narrower_isa_variants_give_the_same_bits(isa):
-    """The scalar loops (AVX2 and baseline machines) against the chain, in a child process
-    with ADAMJAX_NATIVE_ISA forcing that variant."""
+    """The scalar loops (AVX2 and baseline machines), and the AVX-512 loop that decodes by
+    gathers (CPUs without VBMI), against the chain, in a child process with
+    ADAMJAX_NATIVE_ISA forcing that variant."""
     if native.native_info()["isa"] == "baseline":
         pytest.skip("this CPU only has the baseline variant, tested above")
+    if isa == "avx512-novbmi" and native.native_info()["isa"] != "avx512":
+        pytest.skip("this CPU has no AVX-512: the AVX-512 variants cannot run")
+    reported = isa.split("-")[0]
     code = f"""
 import jax
 from adamjax import native
 from tests.native import test_quantized_kernel as t
-assert native.native_info()["isa"] == {isa!r}, native.native_info()
+assert native.native_info()["isa"] == {reported!r}, native.native_info()
 params = t.params_tree()
 for algo in ("adam", "adamax"):
     for mode in ("apply", "update"):
@@ -305,3 +356,24 @@ print("ISA OK")
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ISA OK" in r.stdout
+
+
+def test_update_is_written_over_a_gradient_computed_in_the_step():
+    """The update form's result shares the gradient's buffer: with the gradient computed
+    inside the jitted step (dead after the update) the kernel writes the update over it,
+    reading each element before writing it. Bit for bit against the chain, and the aliasing
+    is in the compiled program (operand 3, after the row and the two tables, is g)."""
+    params = params_tree()
+    g = grads_like(params, np.random.default_rng(3), 0)
+
+    def step(opt):
+        return jax.jit(lambda g, st, p: opt.update(jax.tree.map(lambda x: x * 2.0, g), st, p))
+
+    native_opt, chain = make("adam", "native"), make("adam", "jax")
+    text = hlo(step(native_opt), g, native_opt.init(params), params)
+    assert Q8 in text and "output_to_operand_aliasing={{0}: (3, {})" in text
+    st_n, st_c = native_opt.init(params), chain.init(params)
+    for _ in range(3):
+        u_n, st_n = step(native_opt)(g, st_n, params)
+        u_c, st_c = step(chain)(g, st_c, params)
+        assert_bits((u_n, st_n), (u_c, st_c))
