@@ -43,14 +43,9 @@ import jax.numpy as jnp
 import optax
 
 from adamjax.base import GradientTransformation, GradientTransformationExtraArgs
+from adamjax.rounding import _float32_low_precision, _is_low_precision, _require_params
 
 __all__ = ["KahanSummationState", "kahan_summation"]
-
-_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-
-
-def _is_low_precision(x: Any) -> bool:
-    return x is not None and jnp.result_type(x) in _LOW_PRECISION
 
 
 class KahanSummationState(NamedTuple):
@@ -133,15 +128,8 @@ def kahan_summation(inner: GradientTransformation) -> GradientTransformation:
         return KahanSummationState(inner=inner.init(params), compensation=comp)
 
     def update(updates, state, params=None, **extra):
-        if params is None:
-            raise ValueError(
-                "kahan_summation: update needs the parameters (update(grads, state, params)) "
-                "to compensate their rounding; pass params."
-            )
-        grads32 = jax.tree.map(
-            lambda g: g.astype(jnp.float32) if _is_low_precision(g) else g, updates
-        )
-        u, inner_state = inner.update(grads32, state.inner, params, **extra)
+        _require_params("kahan_summation", params, "compensate their rounding")
+        u, inner_state = inner.update(_float32_low_precision(updates), state.inner, params, **extra)
         leaves, treedef = jax.tree.flatten(params)
         u_leaves = treedef.flatten_up_to(u)
         c_leaves = treedef.flatten_up_to(state.compensation)

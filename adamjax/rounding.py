@@ -37,6 +37,25 @@ __all__ = ["StochasticRoundingState", "stochastic_round", "stochastic_rounding"]
 _LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
+def _is_low_precision(x: Any) -> bool:
+    """Whether ``x`` is a bfloat16/float16 array (``None`` is not)."""
+    return x is not None and jnp.result_type(x) in _LOW_PRECISION
+
+
+def _float32_low_precision(tree: Any) -> Any:
+    """``tree`` with its bfloat16/float16 leaves widened to float32 (the inner optimizer's
+    gradients, so that it computes in float32)."""
+    return jax.tree.map(lambda g: g.astype(jnp.float32) if _is_low_precision(g) else g, tree)
+
+
+def _require_params(name: str, params: Any, purpose: str) -> None:
+    if params is None:
+        raise ValueError(
+            f"{name}: update needs the parameters (update(grads, state, params)) to "
+            f"{purpose}; pass params."
+        )
+
+
 def stochastic_round(x: jax.Array, key: jax.Array, dtype: Any = jnp.bfloat16) -> jax.Array:
     """Round float32 ``x`` to ``dtype`` (bfloat16 or float16) stochastically, unbiased.
 
@@ -102,16 +121,8 @@ def stochastic_rounding(inner: GradientTransformation, key: Any) -> GradientTran
         return StochasticRoundingState(inner=inner.init(params), key=key)
 
     def update(updates, state, params=None, **extra):
-        if params is None:
-            raise ValueError(
-                "stochastic_rounding: update needs the parameters (update(grads, state, "
-                "params)) to round their new values; pass params."
-            )
-        grads32 = jax.tree.map(
-            lambda g: g.astype(jnp.float32) if jnp.result_type(g) in _LOW_PRECISION else g,
-            updates,
-        )
-        u, inner_state = inner.update(grads32, state.inner, params, **extra)
+        _require_params("stochastic_rounding", params, "round their new values")
+        u, inner_state = inner.update(_float32_low_precision(updates), state.inner, params, **extra)
         key, sub = jax.random.split(state.key)
         leaves, treedef = jax.tree.flatten(params)
         keys = jax.random.split(sub, max(1, len(leaves)))

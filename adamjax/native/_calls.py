@@ -44,15 +44,7 @@ def _one_call(algo, mode, row, leaves, fma):
             aliases[base] = 3 * k
         aliases[base + width - 2] = 3 * k + 1
         aliases[base + width - 1] = 3 * k + 2
-    call = jax.ffi.ffi_call(
-        TARGET_PREFIX + f"{algo}_{mode}",
-        tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in out_like),
-        input_output_aliases=aliases,
-        vmap_method="broadcast_all",
-    )
-    flat = [x for leaf in leaves for x in leaf]
-    res = call(row, *flat, fma=np.int32(1 if fma else 0))
-    return [tuple(res[3 * k : 3 * k + 3]) for k in range(len(leaves))]
+    return _ffi(f"{algo}_{mode}", out_like, aliases, [row], leaves, fma)
 
 
 def quantized_step(
@@ -85,15 +77,21 @@ def _one_quantized_call(algo, mode, row, tables, leaves, fma):
         aliases[base] = 5 * k  # p, or g (the update overwrites the gradient)
         for j in range(1, 5):  # codes and scales of m and v
             aliases[base + j + (width - 5)] = 5 * k + j
+    return _ffi(f"{algo}_{mode}_q8", out_like, aliases, [row, *tables], leaves, fma)
+
+
+def _ffi(target, out_like, aliases, head, leaves, fma) -> list[tuple]:
+    """One call of ``target`` on ``head`` then the leaves' operands; its results (shaped
+    like ``out_like``, the same number per leaf) regrouped per leaf."""
     call = jax.ffi.ffi_call(
-        TARGET_PREFIX + f"{algo}_{mode}_q8",
+        TARGET_PREFIX + target,
         tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in out_like),
         input_output_aliases=aliases,
         vmap_method="broadcast_all",
     )
-    flat = [x for leaf in leaves for x in leaf]
-    res = call(row, *tables, *flat, fma=np.int32(1 if fma else 0))
-    return [tuple(res[5 * k : 5 * k + 5]) for k in range(len(leaves))]
+    res = call(*head, *(x for leaf in leaves for x in leaf), fma=np.int32(1 if fma else 0))
+    n = len(out_like) // len(leaves)
+    return [tuple(res[n * k : n * k + n]) for k in range(len(leaves))]
 
 
 def roofline(p, g, m, v):
