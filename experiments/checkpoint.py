@@ -42,9 +42,13 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def restore(self, epoch: int, like: Any) -> Any:
-        """Restore the checkpoint of ``epoch`` into the structure and dtypes of ``like``."""
+        """Restore the checkpoint of ``epoch`` into the structure and dtypes of ``like`` (arrays
+        or ``jax.ShapeDtypeStruct``)."""
         abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), like
+            lambda x: jax.ShapeDtypeStruct(
+                np.shape(x), x.dtype if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(x).dtype
+            ),
+            like,
         )
         restored = self._manager.restore(epoch, args=ocp.args.StandardRestore(abstract))
         return jax.tree.map(np.asarray, restored)

@@ -65,6 +65,9 @@ class ExperimentConfig:
     memory_budget_mb: int = 4096
     report_epochs: tuple[int, ...] = ()
     plot: str = "curves"
+    select_epochs: int = 0
+    keep_neighbours: bool = False
+    grid_extensions: int = 0
     optimizers: dict[str, dict[str, Any]] = field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -125,6 +128,10 @@ _FIELDS: dict[str, tuple[type, Any]] = {
         ),
     ),
     "plot": (str, _in(PLOTS)),
+    # the step-size search (experiments.search): staged selection and self-bracketing grids
+    "select_epochs": (int, _ge(0)),
+    "keep_neighbours": (bool, None),
+    "grid_extensions": (int, _ge(0)),
 }
 _TABLES = ("optimizers", "variants", "quick")
 
@@ -243,6 +250,11 @@ def from_dict(
     cfg = ExperimentConfig(name=name, optimizers=optimizers, variants=variants, **settings)
     for _, vcfg in cfg.variant_configs():
         _check_dataset(vcfg, where)
+        if vcfg.seeds > 1 and (vcfg.select_epochs or vcfg.grid_extensions):
+            raise ConfigError(
+                f"{where}: select_epochs and grid_extensions search one seed per grid point, "
+                f"but seeds = {vcfg.seeds}; set seeds = 1 or drop the search keys"
+            )
     return cfg
 
 

@@ -23,13 +23,13 @@ import jax
 import numpy as np
 
 from adamjax import grid as gridlib
-from experiments import batching, parallel, results
+from experiments import batching, parallel, results, search
 from experiments.checkpoint import Checkpointer
 from experiments.config import ExperimentConfig
 from experiments.data import image_shape
 from experiments.optimizers import OPTIMIZERS
 from experiments.tasks import make_task
-from experiments.train import Job, bytes_per_config, train_chunk
+from experiments.train import Job, bytes_per_config, initial_states, train_chunk
 
 __all__ = ["run_experiment", "optimizer_grid", "RunInterrupted"]
 
@@ -100,6 +100,266 @@ def _check_resume(out: Path, cfg: ExperimentConfig, resume: bool) -> None:
     saved.write_text(json.dumps(cfg.to_dict(), indent=2))
 
 
+class _Trainer:
+    """Trains lists of grid points of one variant/optimizer in memory-sized, resumable chunks.
+
+    Each call of :meth:`train` is one *batch* of points named by ``tag`` (``""`` for the
+    grid, ``ext<r>_`` for the points a bracketing round adds, ``final_`` for the staged
+    continuation): its chunks live in ``ckpt/<variant>/<opt>/<tag>chunk<k>`` while they
+    train and in ``done/<variant>/<opt>/<tag>chunk<k>.npz`` once finished.
+    """
+
+    def __init__(self, out, variant, opt_name, vcfg, data, resume, stop_after, mesh):
+        self.out, self.variant, self.opt_name, self.cfg = out, variant, opt_name, vcfg
+        self.data, self.resume, self.stop_after, self.mesh = data, resume, stop_after, mesh
+        self.chunks = 0
+
+    def _dirs(self, tag: str, k: int) -> tuple[Path, Path]:
+        rel = Path(self.variant) / self.opt_name
+        return (
+            self.out / "ckpt" / rel / f"{tag}chunk{k}",
+            self.out / "done" / rel / f"{tag}chunk{k}.npz",
+        )
+
+    def chunk_size(self, job: Job, n: int) -> int:
+        budget = self.cfg.memory_budget_mb * 2**20
+        size = gridlib.chunk_size(n, bytes_per_config(job, job.task.activation_floats), budget)
+        if job.task.name == "cnn" and jax.default_backend() == "cpu":
+            size = 1  # vmapped convolutions are grouped ones, ~3x slower a config on CPU
+        return size
+
+    def train(
+        self,
+        points: list[dict[str, Any]],
+        ids: np.ndarray,
+        epochs: int,
+        tag: str = "",
+        init_seeds: np.ndarray | None = None,
+        start_from: Any = None,
+    ) -> dict[str, np.ndarray]:
+        """The curves of ``points`` (config ids ``ids``) trained to ``epochs``, chunk by chunk.
+
+        ``start_from(rows, job) -> (state, hist, epoch)`` gives a chunk its starting
+        checkpoint (the staged continuation); it is written once, before the chunk trains.
+        """
+        job = dataclasses.replace(_job(self.cfg, self.opt_name), epochs=epochs)
+        size = self.chunk_size(job, len(points))
+        curves = []
+        n_chunks = -(-len(points) // size)
+        for k, start in enumerate(range(0, len(points), size)):
+            rows = np.arange(start, min(start + size, len(points)))
+            self.chunks += 1
+            ckpt_dir, done_file = self._dirs(tag, k)
+            if self.resume and done_file.is_file():
+                with np.load(done_file) as f:
+                    curves.append(dict(f))
+                continue
+            ckpt = Checkpointer(ckpt_dir)
+            try:
+                if start_from is not None and ckpt.latest() is None:
+                    state, hist, at = start_from(rows, job)
+                    ckpt.save(at, {"state": state, "hist": hist})
+                desc = f"{self.variant}/{self.opt_name}" + (f" {tag.rstrip('_')}" if tag else "")
+                desc += f" [{k + 1}/{n_chunks}]" if n_chunks > 1 else ""
+                hp = _point_arrays([points[i] for i in rows])
+                res = train_chunk(
+                    job, self.data, hp, ids[rows], ckpt,
+                    resume=self.resume or start_from is not None, stop_after=self.stop_after,
+                    desc=desc, mesh=self.mesh,
+                    init_seeds=None if init_seeds is None else init_seeds[rows],
+                )  # fmt: skip
+            finally:
+                ckpt.close()
+            if res is None:
+                raise RunInterrupted(
+                    f"stopped after epoch {self.stop_after} of {self.variant}/{self.opt_name}"
+                )
+            done_file.parent.mkdir(parents=True, exist_ok=True)
+            # allow_pickle=True is numpy's default, named so that mypy knows **res
+            # (curve arrays only) cannot fill that keyword.
+            np.savez(done_file, allow_pickle=True, **res)
+            curves.append(res)
+        return {key: np.concatenate([c[key] for c in curves]) for key in curves[0]}
+
+    def state_at(self, tag: str, job: Job, n_points: int, epochs: int):
+        """``gather(indices) -> (state, hist)`` rows of the finished batch ``tag`` (trained to
+        ``epochs``, restored from its chunks' last checkpoints), for the continuation."""
+        small = dataclasses.replace(job, epochs=epochs)
+        size = self.chunk_size(small, n_points)
+        cache: dict[int, Any] = {}
+
+        def chunk(k: int):
+            if k not in cache:
+                n = min(size, n_points - k * size)
+                like_state = jax.eval_shape(
+                    lambda: initial_states(small, _zero_hp(small.optimizer, n), n)
+                )
+                steps = self.data.n_train // job.batch_size
+                like_hist = _nan_hist(n, epochs, steps)
+                ckpt = Checkpointer(self._dirs(tag, k)[0])
+                try:
+                    at = ckpt.latest()
+                    if at != epochs:
+                        raise RuntimeError(
+                            f"{self._dirs(tag, k)[0]} holds no checkpoint of epoch {epochs} "
+                            f"(latest: {at}); rerun without --resume"
+                        )
+                    cache[k] = ckpt.restore(at, {"state": like_state, "hist": like_hist})
+                finally:
+                    ckpt.close()
+            return cache[k]
+
+        def gather(indices: np.ndarray):
+            parts = [(chunk(int(i) // size), int(i) % size) for i in indices]
+            take = lambda *rows: np.stack(rows)
+            state = jax.tree.map(
+                take, *[jax.tree.map(lambda a, r=r: a[r], c["state"]) for c, r in parts]
+            )
+            hist = {
+                key: np.stack([c["hist"][key][r] for c, r in parts]) for key in parts[0][0]["hist"]
+            }
+            return state, hist
+
+        return gather
+
+
+def _point_arrays(points: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per-hyperparameter arrays of a list of grid points (the dtypes :func:`grid.expand` uses)."""
+    g = gridlib.expand({k: [p[k] for p in points] for k in points[0]})
+    dtypes = {k: v.dtype for k, v in g.arrays([0]).items()}
+    return {k: np.asarray([p[k] for p in points], dtypes[k]) for k in points[0]}
+
+
+def _zero_hp(optimizer: str, n: int) -> dict[str, np.ndarray]:
+    spec = OPTIMIZERS[optimizer].hparams
+    return {
+        k: np.full((n,), p.default, np.bool_ if p.kind is bool else np.float32)
+        for k, p in spec.items()
+    }
+
+
+def _nan_hist(n: int, epochs: int, steps: int) -> dict[str, np.ndarray]:
+    nan = lambda *shape: np.full(shape, np.nan, np.float32)
+    return {
+        "iter_loss": nan(n, epochs * steps),
+        "epoch_loss": nan(n, epochs),
+        "test_loss": nan(n, epochs),
+        "test_acc": nan(n, epochs),
+    }
+
+
+def _search(trainer: _Trainer, grid: gridlib.Grid, cfg: ExperimentConfig):
+    """Train one optimizer's grid under the config's search protocol (:mod:`experiments.search`).
+
+    Returns ``(grid, curves, record)``: the final grid (its ``learning_rate`` axis extended
+    where bracketing added values), the curves of its every point in that grid's order (a
+    pruned point's curves end at the cut, NaN after it; its finals are NaN) and the
+    ``search`` record for ``results.json``.
+    """
+    staged = 0 < cfg.select_epochs < cfg.epochs
+    first = cfg.select_epochs if staged else cfg.epochs
+    swept = list(grid.swept)
+    points = grid.configs()
+    n_seeds = cfg.seeds
+    if n_seeds == 1:
+        ids = np.arange(len(points))
+        curves = trainer.train(points, ids, first)
+    else:  # seed-major: flat index s * len(grid) + grid index, averaged per point
+        flat = np.arange(len(points) * n_seeds)
+        seed_points = [points[i % len(points)] for i in flat]
+        curves = trainer.train(seed_points, flat, first, init_seeds=cfg.seed + flat // len(points))
+        curves = results.over_seeds(curves, n_seeds)
+    batches = [("", len(points))]  # (tag, number of points) of each trained batch, in order
+    record: dict[str, Any] = {
+        "protocol": "staged" if staged else "full",
+        "select_epochs": first,
+        "epochs": cfg.epochs,
+        "extensions": [],
+    }
+    for r in range(cfg.grid_extensions):
+        new = search.extension_values(points, swept, curves["epoch_loss"], curves["diverged"])
+        if not new:
+            break
+        axes = {k: sorted({p[k] for p in points}) for k in grid.names}
+        axes[search.AXIS] = sorted(set(axes[search.AXIS]) | {rec["value"] for rec in new})
+        added = [p for p in gridlib.expand(axes).configs() if p not in points]
+        more = trainer.train(
+            added, np.arange(len(points), len(points) + len(added)), first, f"ext{r + 1}_"
+        )
+        points = points + added
+        batches.append((f"ext{r + 1}_", len(added)))
+        curves = {k: np.concatenate([curves[k], more[k]]) for k in curves}
+        for rec in new:
+            record["extensions"].append({"round": r + 1, "axis": search.AXIS, **rec})
+    remaining = search.extension_values(points, swept, curves["epoch_loss"], curves["diverged"])
+    record["still_at_edge"] = [rec["from"] for rec in remaining]
+    if staged:
+        kept = search.select(
+            points, swept, curves["epoch_loss"], curves["diverged"], cfg.keep_neighbours
+        )
+        if n_seeds != 1:
+            raise ValueError("the staged search trains one seed per point; set seeds = 1")
+        record["kept"] = [points[i] for i in kept]
+        record["pruned_at_epoch"] = first
+        curves = _continue(trainer, points, curves, batches, kept, first, cfg.epochs)
+    else:
+        record["kept"] = points
+    final_axes = {k: sorted({p[k] for p in points}) for k in grid.names}
+    if len(points) == len(grid):
+        final = grid  # no extension: the config's own order
+    else:
+        final = gridlib.expand(final_axes)
+    order = [points.index(p) for p in final.configs()]
+    return final, {k: v[order] if v.ndim else v for k, v in curves.items()}, record
+
+
+def _continue(trainer, points, curves, batches, kept, first, epochs):
+    """Train the ``kept`` points on from their ``first``-epoch state to ``epochs``; the others
+    keep their curves to ``first``, padded with NaN, and NaN finals. ``batches``: the
+    ``(tag, size)`` of each batch the points were trained in, in order."""
+    job = _job(trainer.cfg, trainer.opt_name)
+    steps = trainer.data.n_train // job.batch_size
+    kept = np.asarray(kept)
+    offsets = np.cumsum([0] + [n for _, n in batches])
+    gathers: dict[str, Any] = {}
+
+    def start_from(rows, full_job):
+        state_parts, hist_parts = [], []
+        for i in kept[rows]:
+            b = int(np.searchsorted(offsets, i, side="right")) - 1
+            tag, size = batches[b]
+            if tag not in gathers:
+                gathers[tag] = trainer.state_at(tag, job, size, first)
+            s, h = gathers[tag](np.asarray([i - offsets[b]]))
+            state_parts.append(s)
+            hist_parts.append(h)
+        state = jax.tree.map(lambda *a: np.concatenate(a), *state_parts)
+        hist = _nan_hist(len(rows), epochs, steps)
+        for key in hist:
+            src = np.concatenate([h[key] for h in hist_parts])
+            hist[key][:, : src.shape[1]] = src
+        return state, hist, first
+
+    more = trainer.train([points[i] for i in kept], kept, epochs, "final_", start_from=start_from)
+    out = {}
+    for key, v in curves.items():
+        if key in more and v.ndim == 2:  # per-epoch / per-iteration curves
+            padded = np.full((v.shape[0], more[key].shape[1]), np.nan, v.dtype)
+            padded[:, : v.shape[1]] = v
+            padded[kept] = more[key]
+            out[key] = padded
+        elif key in more and key != "diverged":
+            finals = np.full(v.shape, np.nan, v.dtype)
+            finals[kept] = more[key]
+            out[key] = finals
+        else:
+            out[key] = v
+    div = curves["diverged"].copy()
+    div[kept] = more["diverged"]
+    out["diverged"] = div
+    return out
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     out: str | Path,
@@ -144,54 +404,15 @@ def run_experiment(
             data = _replicate_data(data, mesh)
         per_opt = {}
         for opt_name, hps in vcfg.optimizers.items():
-            g = optimizer_grid(opt_name, hps)
-            job = _job(vcfg, opt_name)
-            budget = vcfg.memory_budget_mb * 2**20
-            n_seeds = vcfg.seeds
-            flat = len(g) * n_seeds  # seed-major: flat index s * len(g) + grid index
-            size = gridlib.chunk_size(
-                flat, bytes_per_config(job, job.task.activation_floats), budget
-            )
-            if job.task.name == "cnn" and jax.default_backend() == "cpu":
-                size = 1  # vmapped convolutions are grouped ones, ~3x slower a config on CPU
             t0 = time.perf_counter()
-            curves = []
-            n_chunks = -(-flat // size)
-            for k, start in enumerate(range(0, flat, size)):
-                ids = np.arange(start, min(start + size, flat))
-                done_file = out / "done" / variant / opt_name / f"chunk{k}.npz"
-                if resume and done_file.is_file():
-                    with np.load(done_file) as f:
-                        curves.append(dict(f))
-                    continue
-                ckpt = Checkpointer(out / "ckpt" / variant / opt_name / f"chunk{k}")
-                try:
-                    desc = f"{variant}/{opt_name}" + (
-                        f" [{k + 1}/{n_chunks}]" if n_chunks > 1 else ""
-                    )
-                    res = train_chunk(
-                        job, data, g.arrays((ids % len(g)).tolist()), ids, ckpt,
-                        resume=resume, stop_after=stop_after, desc=desc, mesh=mesh,
-                        init_seeds=None if n_seeds == 1 else vcfg.seed + ids // len(g),
-                    )  # fmt: skip
-                finally:
-                    ckpt.close()
-                if res is None:
-                    raise RunInterrupted(
-                        f"stopped after epoch {stop_after} of {variant}/{opt_name}"
-                    )
-                done_file.parent.mkdir(parents=True, exist_ok=True)
-                # allow_pickle=True is numpy's default, named so that mypy knows **res
-                # (curve arrays only) cannot fill that keyword.
-                np.savez(done_file, allow_pickle=True, **res)
-                curves.append(res)
-            merged = {key: np.concatenate([c[key] for c in curves]) for key in curves[0]}
-            merged = results.over_seeds(merged, n_seeds)
+            trainer = _Trainer(out, variant, opt_name, vcfg, data, resume, stop_after, mesh)
+            g, merged, record = _search(trainer, optimizer_grid(opt_name, hps), vcfg)
             per_opt[opt_name] = results.summarize(opt_name, g, merged, vcfg, data.n_train)
+            per_opt[opt_name]["search"] = record
             per_opt[opt_name]["wall_time_s"] = round(time.perf_counter() - t0, 2)
             best = per_opt[opt_name]["best"]
             log(
-                f"{variant}/{opt_name}: {len(g)} configs in {len(curves)} chunk(s), "
+                f"{variant}/{opt_name}: {len(g)} configs in {trainer.chunks} chunk(s), "
                 f"{per_opt[opt_name]['wall_time_s']:.1f}s; "
                 f"best {best['hparams'] if best else None} "
                 f"train loss {best['final_train_loss'] if best else float('nan'):.4g}"
