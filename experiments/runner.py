@@ -261,6 +261,12 @@ def _search(trainer: _Trainer, grid: gridlib.Grid, cfg: ExperimentConfig):
     swept = list(grid.swept)
     points = grid.configs()
     n_seeds = cfg.seeds
+    if n_seeds != 1 and (staged or cfg.grid_extensions):
+        raise ValueError(
+            f"the staged search and grid extensions train one seed per point, not {n_seeds}: "
+            "run with --seeds 1, or with --epochs at most the config's select_epochs and a "
+            "config without grid_extensions"
+        )
     if n_seeds == 1:
         ids = np.arange(len(points))
         curves = trainer.train(points, ids, first)
@@ -297,8 +303,6 @@ def _search(trainer: _Trainer, grid: gridlib.Grid, cfg: ExperimentConfig):
         kept = search.select(
             points, swept, curves["epoch_loss"], curves["diverged"], cfg.keep_neighbours
         )
-        if n_seeds != 1:
-            raise ValueError("the staged search trains one seed per point; set seeds = 1")
         record["kept"] = [points[i] for i in kept]
         record["pruned_at_epoch"] = first
         curves = _continue(trainer, points, curves, batches, kept, first, cfg.epochs)
