@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.models import Dropout, keep_fraction, keep_mask
 from experiments.tasks import make_task
 
 X = jax.random.uniform(jax.random.PRNGKey(0), (8, 784))
@@ -72,3 +73,48 @@ def test_vae_negative_elbo():
     assert per_example.shape == (8,)
     grads = jax.grad(task.cost)(params, X, None, jax.random.PRNGKey(1))
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize(
+    "rate, bits, threshold",
+    [(0.5, 1, 1), (0.25, 2, 3), (0.75, 2, 1), (0.2, 16, 52429), (0.1, 16, 58982)],
+)
+def test_keep_fraction_takes_the_fewest_bits_that_hold_the_rate(rate, bits, threshold):
+    assert keep_fraction(rate) == (bits, threshold)
+    assert abs(threshold / 2**bits - (1 - rate)) <= 2**-17  # exact or nearest on 16 bits
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.25, 0.2])
+def test_keep_mask_is_the_numpy_transcription_of_its_random_words(rate):
+    shape = (37, 29)  # not a multiple of the fields per word
+    key = jax.random.PRNGKey(7)
+    bits, threshold = keep_fraction(rate)
+    per_word = 32 // bits
+    n = shape[0] * shape[1]
+    words = np.asarray(jax.random.bits(key, (-(-n // per_word),), jnp.uint32)).astype(np.uint64)
+    fields = [(int(w) >> (bits * j)) & (2**bits - 1) for w in words for j in range(per_word)]
+    expected = (np.array(fields[:n]) < threshold).reshape(shape)
+    np.testing.assert_array_equal(np.asarray(keep_mask(key, rate, shape)), expected)
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.2])
+def test_keep_mask_units_are_bernoulli_and_uncorrelated(rate):
+    n = 1_000_000
+    m = np.asarray(keep_mask(jax.random.PRNGKey(3), rate, (n,)), np.float64)
+    q = 1 - rate
+    sigma = np.sqrt(q * (1 - q) / n)
+    assert abs(m.mean() - q) < 5 * sigma + 3e-6
+    for lag in (1, 2, 31, 32):  # neighbours in a word, and across words
+        c = np.corrcoef(m[:-lag], m[lag:])[0, 1]
+        assert abs(c) < 5 / np.sqrt(n), (lag, c)
+
+
+def test_dropout_module_keeps_the_mean_and_zeroes_the_dropped_units():
+    x = jnp.full((4000, 250), 3.0)
+    layer = Dropout(0.2)
+    y = np.asarray(layer.apply({}, x, rngs={"dropout": jax.random.PRNGKey(1)}))
+    bits, threshold = keep_fraction(0.2)
+    assert set(np.unique(y)) == {0.0, np.float32(3.0 * 2**bits / threshold)}
+    assert abs(y.mean() - 3.0) < 5 * 3.0 * np.sqrt(0.2 / 0.8 / y.size)
+    np.testing.assert_array_equal(Dropout(0.2, deterministic=True).apply({}, x), x)
+    np.testing.assert_array_equal(Dropout(0.0).apply({}, x), x)
