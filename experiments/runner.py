@@ -225,9 +225,13 @@ class _Trainer:
 
 def _point_arrays(points: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Per-hyperparameter arrays of a list of grid points (the dtypes :func:`grid.expand` uses)."""
-    g = gridlib.expand({k: [p[k] for p in points] for k in points[0]})
-    dtypes = {k: v.dtype for k, v in g.arrays([0]).items()}
-    return {k: np.asarray([p[k] for p in points], dtypes[k]) for k in points[0]}
+    out = {}
+    for k in points[0]:
+        column = [p[k] for p in points]
+        # one axis at a time: the product of the columns would be len(points) ** n_axes points
+        dtype = gridlib.expand({k: list(dict.fromkeys(column))}).arrays([0])[k].dtype
+        out[k] = np.asarray(column, dtype)
+    return out
 
 
 def _zero_hp(optimizer: str, n: int) -> dict[str, np.ndarray]:

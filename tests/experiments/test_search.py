@@ -7,7 +7,7 @@ import pytest
 
 from experiments import search
 from experiments.config import ConfigError, from_dict, load_config
-from experiments.runner import RunInterrupted, run_experiment
+from experiments.runner import RunInterrupted, _point_arrays, run_experiment
 
 
 def _points(lrs, **fixed):
@@ -168,3 +168,24 @@ def test_a_best_at_the_grid_edge_extends_the_grid_until_inside_or_the_limit(tmp_
     ours = {p["hparams"]["learning_rate"]: p["epoch_train_loss"] for p in entry["grid"]}
     for p in plain["variants"]["main"]["sgd"]["grid"]:
         assert ours[p["hparams"]["learning_rate"]] == p["epoch_train_loss"]
+
+
+def test_point_arrays_keeps_each_column_and_its_dtype():
+    # 108 points on 5 axes, as Figure 4's grid: one array per axis, in point order (the
+    # columns are typed one axis at a time, never as a product of the columns).
+    rng = np.random.default_rng(0)
+    points = [
+        {
+            "bias_correction": bool(i % 2),
+            "b1": [0.0, 0.9][i % 3 % 2],
+            "b2": float(rng.choice([0.99, 0.999, 0.9999])),
+            "learning_rate": float(10.0 ** rng.uniform(-5, -1)),
+            "eps": 1e-8,
+        }
+        for i in range(108)
+    ]
+    arrays = _point_arrays(points)
+    assert arrays["bias_correction"].dtype == np.bool_
+    assert {arrays[k].dtype for k in ("b1", "b2", "learning_rate", "eps")} == {np.dtype(np.float32)}
+    for k, column in arrays.items():
+        np.testing.assert_array_equal(column, np.asarray([p[k] for p in points], column.dtype))
