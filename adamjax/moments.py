@@ -82,7 +82,8 @@ def _state_zeros(
         dt = state_dtype_for(p, state_dtype)
         return jnp.full_like(p, fill, dtype=real_dtype(dt) if real else dt)
 
-    return jax.tree.map(zeros, params)
+    tree = jax.tree.map(zeros, params)
+    return quantize.inside_boxes(tree) if int8 else tree
 
 
 def _pick(specific: Any, shorthand: Any) -> Any:
