@@ -110,11 +110,21 @@ def check_bool(fn: str, name: str, value: Any) -> None:
         )
 
 
+def _accepted(allow_int8: bool) -> str:
+    floats = (
+        "None (the parameters' dtype, at least float32), a floating dtype such as "
+        "jnp.float32, jnp.bfloat16 or jnp.float16"
+    )
+    if allow_int8:
+        return floats + ", or 'int8' (8-bit block-wise moments)"
+    return floats
+
+
 def check_dtype(fn: str, name: str, value: Any, *, allow_int8: bool = False) -> None:
     """A storage dtype: ``None`` or something ``jnp.dtype`` accepts that is inexact.
 
     ``allow_int8``: the moment estimators also take ``"int8"``, 8-bit block-wise storage
-    (:mod:`adamjax.quantize`).
+    (:mod:`adamjax.quantize`). Every message lists the accepted values.
     """
     if value is None:
         return
@@ -124,19 +134,22 @@ def check_dtype(fn: str, name: str, value: Any, *, allow_int8: bool = False) -> 
         raise TypeError(
             f"{fn}: {name}='int8' (8-bit block-wise moments) is a storage format of the "
             "moment estimators (scale_by_moments, scale_by_inf_moment: adam, adamw, adamax, "
-            "rmsprop); this state is stored in floating point: pass None, jnp.float32 or "
-            "jnp.bfloat16."
+            "rmsprop); this state is stored in floating point. Accepted here: "
+            f"{_accepted(False)}."
         )
     try:
         dtype = jnp.dtype(value)
     except TypeError as err:
         raise TypeError(
-            f"{fn}: {name} must be None or a floating dtype such as jnp.bfloat16, got {value!r}."
+            f"{fn}: {name}={value!r} is not a dtype. Accepted: {_accepted(allow_int8)}."
         ) from err
     if not jnp.issubdtype(dtype, jnp.inexact):
+        hint = ""
+        if allow_int8 and dtype == jnp.int8:
+            hint = " For 8-bit block-wise moments pass the string 'int8', not the dtype."
         raise TypeError(
-            f"{fn}: {name} must be a floating (or complex) dtype, got {dtype}: moments of "
-            f"an integer dtype would be truncated to zero. Pass e.g. {name}=jnp.bfloat16."
+            f"{fn}: {name}={value!r} is not a floating dtype ({dtype}): moments stored in it "
+            f"would be truncated. Accepted: {_accepted(allow_int8)}.{hint}"
         )
 
 
@@ -156,3 +169,136 @@ def check_float_params(fn: str, params: Any) -> None:
                 f"the optimized tree (set that leaf to None, or wrap the optimizer with "
                 f"optax.masked / optax.multi_transform and optax.set_to_zero for it)."
             )
+
+
+# ----------------------------------------------------------------------------------------
+# Gradients against the parameters and state they update (trace time: shapes only).
+
+_CAUSE_TREE = (
+    "Likely cause: the gradients were taken of another tree than the one the optimizer was "
+    "initialised with (a loss differentiated with respect to a sub-tree or another model, "
+    "or nnx gradients not filtered with the optimizer's wrt)."
+)
+_CAUSE_SHAPE = (
+    "Likely cause: the gradient was computed for a transposed or reshaped copy of the "
+    "parameter, or the gradients belong to another model."
+)
+_CAUSE_STATE = (
+    "Likely cause: the optimizer state was initialised (or restored) for other parameters; "
+    "build it with opt.init(params) for these parameters."
+)
+
+
+def _short(treedef: Any, limit: int = 300) -> str:
+    text = str(treedef)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _leaf_paths(tree: Any, is_leaf: Any) -> list[tuple[str, Any]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+    return [(jax.tree_util.keystr(path) or "(the root)", leaf) for path, leaf in flat]
+
+
+def _is_state_leaf(x: Any) -> bool:
+    from adamjax.quantize import QuantizedArray
+
+    return x is None or isinstance(x, QuantizedArray)
+
+
+def _tree_mismatch(fn: str, grads: Any, other: Any, what: str, cause: str) -> str | None:
+    """A message naming the first path where ``grads`` and ``other`` differ in structure."""
+    is_leaf = _is_state_leaf
+    g_def = jax.tree_util.tree_structure(grads, is_leaf=is_leaf)
+    o_def = jax.tree_util.tree_structure(other, is_leaf=is_leaf)
+    if g_def == o_def:
+        return None
+    g_paths = [p for p, _ in _leaf_paths(grads, is_leaf)]
+    o_paths = [p for p, _ in _leaf_paths(other, is_leaf)]
+    missing = [p for p in o_paths if p not in set(g_paths)]
+    extra = [p for p in g_paths if p not in set(o_paths)]
+    if missing:
+        where = f"there is a leaf at {missing[0]} in {what} but not in the gradients"
+    elif extra:
+        where = f"there is a leaf at {extra[0]} in the gradients but not in {what}"
+    else:
+        where = f"the gradients and {what} have the same paths in nodes of other types"
+    return (
+        f"{fn}: the gradients' tree does not match that of {what}: {where}. Gradients: "
+        f"{_short(g_def)}; {what}: {_short(o_def)}. {cause}"
+    )
+
+
+def _kind(dtype: Any) -> str:
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        return "complex"
+    if jnp.issubdtype(dtype, jnp.floating):
+        return "real floating"
+    return "non-floating"
+
+
+def check_gradients(fn: str, grads: Any, params: Any = None, *, state: Any = None) -> None:
+    """Raise, naming the first mismatched leaf, unless ``grads`` match what they update.
+
+    At trace time, from shapes and dtypes only (nothing is added to the compiled step):
+
+    * against ``params`` (when given): the same tree structure, the same shape at every
+      leaf, and a gradient of the parameter's kind (real floating or complex);
+    * against each tree in ``state`` (a dict ``{description: tree}``, e.g.
+      ``{"the optimizer state's first moment m": state.mu}``; a tree that is ``None`` is
+      skipped): the same structure and shapes (a :class:`adamjax.quantize.QuantizedArray`
+      counts as the array it stands for).
+
+    Raises:
+      ValueError: a structure or shape mismatch, with the leaf's path (``['layer']['w']``),
+        both structures or shapes, and the likely cause.
+      TypeError: a gradient of another kind than its parameter (an integer or ``float0``
+        gradient, a complex gradient of a real parameter or the reverse).
+    """
+    if params is not None:
+        msg = _tree_mismatch(fn, grads, params, "the parameters", _CAUSE_TREE)
+        if msg is not None:
+            raise ValueError(msg)
+        pairs = zip(
+            _leaf_paths(grads, _is_state_leaf), _leaf_paths(params, _is_state_leaf), strict=True
+        )
+        for (path, g), (_, p) in pairs:
+            if g is None or p is None:
+                continue
+            if tuple(jnp.shape(g)) != tuple(jnp.shape(p)):
+                raise ValueError(
+                    f"{fn}: the gradient at {path} has shape {tuple(jnp.shape(g))}, but the "
+                    f"parameter there has shape {tuple(jnp.shape(p))}. {_CAUSE_SHAPE}"
+                )
+            g_kind, p_kind = _kind(jnp.result_type(g)), _kind(jnp.result_type(p))
+            if g_kind != p_kind and p_kind != "non-floating":
+                raise TypeError(
+                    f"{fn}: the gradient at {path} has dtype {jnp.result_type(g)} "
+                    f"({g_kind}), but the parameter there has dtype {jnp.result_type(p)} "
+                    f"({p_kind}). Likely cause: the value passed as the gradient is not the "
+                    "gradient of this parameter (an integer input's gradient is float0; a "
+                    "complex parameter needs a complex gradient, and a real one a real)."
+                )
+    for what, tree in (state or {}).items():
+        if tree is None:
+            continue
+        msg = _tree_mismatch(fn, grads, tree, what, _CAUSE_STATE)
+        if msg is not None:
+            raise ValueError(msg)
+        pairs = zip(
+            _leaf_paths(grads, _is_state_leaf), _leaf_paths(tree, _is_state_leaf), strict=True
+        )
+        for (path, g), (_, s) in pairs:
+            if g is None or s is None:
+                continue
+            if _kind(jnp.result_type(g)) == "non-floating":
+                raise TypeError(
+                    f"{fn}: the gradient at {path} has dtype {jnp.result_type(g)}, which is "
+                    "not floating. Likely cause: the value passed as the gradient is not a "
+                    "gradient (an integer input's gradient is float0)."
+                )
+            s_shape = tuple(s.shape) if hasattr(s, "signed") else tuple(jnp.shape(s))
+            if tuple(jnp.shape(g)) != s_shape:
+                raise ValueError(
+                    f"{fn}: the gradient at {path} has shape {tuple(jnp.shape(g))}, but "
+                    f"{what} holds shape {s_shape} there. {_CAUSE_STATE}"
+                )

@@ -40,15 +40,18 @@ def _orbax() -> Any:
 
 
 def abstract_like(tree: PyTree) -> PyTree:
-    """``jax.ShapeDtypeStruct`` s with the shape, dtype and sharding of ``tree``'s arrays.
+    """``tree`` with each ``jax.Array`` replaced by a ``jax.ShapeDtypeStruct`` of its shape,
+    dtype and sharding: a restore target that holds no device memory.
 
-    Leaves that are already ``ShapeDtypeStruct`` s are kept; ``None`` leaves stay ``None``.
+    Every other leaf is kept as it is, for Orbax to restore in kind: ``ShapeDtypeStruct`` s,
+    NumPy arrays and scalars, Python numbers (``TrainState.create`` sets ``step=0``, an
+    ``int``) and ``None``.
     """
 
     def one(x: Any) -> Any:
-        if x is None or isinstance(x, jax.ShapeDtypeStruct):
-            return x
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+        if isinstance(x, jax.Array):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        return x
 
     return jax.tree.map(one, tree, is_leaf=lambda v: v is None)
 
@@ -72,14 +75,17 @@ def restore(path: str | os.PathLike[str], like: PyTree) -> PyTree:
 
     Args:
       path: a directory written by :func:`save`.
-      like: a tree with the saved structure whose leaves are ``jax.Array`` s or
-        ``jax.ShapeDtypeStruct`` s carrying the wanted sharding (for instance the output
-        of ``opt.init(params)`` or ``adamjax.sharding.zero1(...).init(params)`` on the new
-        mesh). Only shapes, dtypes and shardings are used, not values. The device count
-        may differ from the one the checkpoint was written with.
+      like: a tree with the saved structure, concrete or abstract: its leaves may be
+        ``jax.Array`` s or ``jax.ShapeDtypeStruct`` s carrying the wanted sharding (for
+        instance the output of ``opt.init(params)`` or
+        ``adamjax.sharding.zero1(...).init(params)`` on the new mesh), NumPy arrays, Python
+        numbers (a fresh ``TrainState``'s ``step``) or ``None``. Only shapes, dtypes,
+        shardings and kinds are used, not values. The device count may differ from the one
+        the checkpoint was written with.
 
     Returns:
-      The saved values, with ``like``'s tree structure (NamedTuples and all) and shardings.
+      The saved values, with ``like``'s tree structure (NamedTuples and all) and shardings;
+      a leaf that is a Python number in ``like`` comes back as a Python number.
     """
     ocp = _orbax()
     path = os.path.abspath(os.fspath(path))

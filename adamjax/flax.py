@@ -35,7 +35,10 @@ from flax import nnx
 from flax.linen.fp8_ops import OVERWRITE_WITH_GRADIENT
 from flax.training import train_state as _linen_train_state
 
+from adamjax import quantize as _quantize
 from adamjax.step import apply_gradients
+
+_quantize.register_flax_serialization()
 
 __all__ = ["Optimizer", "TrainState"]
 

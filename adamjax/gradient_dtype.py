@@ -61,10 +61,12 @@ def keep_gradient_dtype(
         return inner.init(params)
 
     def update(updates, state, params=None, **extra_args):
+        _validate.check_gradients(name, updates, params)
         out, new_state = inner.update(updates, state, params, **extra_args)
         return _cast_like(out, updates), new_state
 
     def fused_apply(grads, state, params):
+        _validate.check_gradients(name, grads, params)
         return apply_gradients(unwrapped, grads, state, params)
 
     return FusedTransformation(init, update, fused_apply)

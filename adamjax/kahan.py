@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adamjax import _validate
 from adamjax.base import GradientTransformation, GradientTransformationExtraArgs
 from adamjax.rounding import _float32_low_precision, _is_low_precision, _require_params
 
@@ -128,6 +129,7 @@ def kahan_summation(inner: GradientTransformation) -> GradientTransformation:
         return KahanSummationState(inner=inner.init(params), compensation=comp)
 
     def update(updates, state, params=None, **extra):
+        _validate.check_gradients("kahan_summation", updates, params)
         _require_params("kahan_summation", params, "compensate their rounding")
         u, inner_state = inner.update(_float32_low_precision(updates), state.inner, params, **extra)
         leaves, treedef = jax.tree.flatten(params)

@@ -62,7 +62,7 @@ import numpy as np
 import optax
 from jax.custom_derivatives import SymbolicZero
 
-from adamjax import quantize
+from adamjax import _validate, quantize
 from adamjax.base import GradientTransformationExtraArgs, apply_updates, safe_increment
 from adamjax.spec import Spec, spec_of
 from adamjax.step import FusedTransformation, apply_gradients
@@ -319,10 +319,19 @@ def _maybe_native(mode: str, plan: _Plan, force: bool, grads, state, params):
         if force:
             raise ValueError("implementation='native' needs 64-bit mode (jax_enable_x64) off.")
         return None
+    ms = state[0]
+    _validate.check_gradients(
+        plan.algo,
+        grads,
+        params,
+        state={
+            "the optimizer state's first moment m": ms.mu,
+            "the optimizer state's second moment v": ms.nu,
+        },
+    )
     reads_params = mode == "apply" or plan.decay is not None
     if reads_params and params is None:
         return None  # the chain says what is missing
-    ms = state[0]
     g, flat_def = jax.tree.flatten(grads)
     treedef: Any = flat_def
     mu, nu = treedef.flatten_up_to(ms.mu), treedef.flatten_up_to(ms.nu)

@@ -82,12 +82,21 @@ def _state_zeros(
         dt = state_dtype_for(p, state_dtype)
         return jnp.full_like(p, fill, dtype=real_dtype(dt) if real else dt)
 
-    return jax.tree.map(zeros, params)
+    tree = jax.tree.map(zeros, params)
+    return quantize.inside_boxes(tree) if int8 else tree
 
 
 def _pick(specific: Any, shorthand: Any) -> Any:
     """``mu_dtype``/``nu_dtype`` when given, else the ``state_dtype`` shorthand."""
     return shorthand if specific is None else specific
+
+
+def _moment_trees(state: Any) -> dict[str, Any]:
+    """The stored moments, named for :func:`adamjax._validate.check_gradients`."""
+    return {
+        "the optimizer state's first moment m": state.mu,
+        "the optimizer state's second moment v": state.nu,
+    }
 
 
 def _moments_out(mu, nu, count, kind, b1, b2, grads) -> Moments:
@@ -145,6 +154,7 @@ def scale_by_moments(
         fn, "b1_decay", b1_decay, low=0.0, high=1.0, low_open=True, high_open=False
     )
     _validate.check_nonnegative(fn, "nu_init", nu_init)
+    _validate.check_dtype(fn, "state_dtype", state_dtype, allow_int8=True)
     mu_dtype, nu_dtype = _pick(mu_dtype, state_dtype), _pick(nu_dtype, state_dtype)
     _validate.check_dtype(fn, "mu_dtype", mu_dtype, allow_int8=True)
     _validate.check_dtype(fn, "nu_dtype", nu_dtype, allow_int8=True)
@@ -158,6 +168,7 @@ def scale_by_moments(
     def update(updates, state, params=None):
         del params
         grads = expect_updates(fn, updates, _FIRST)
+        _validate.check_gradients(fn, grads, state=_moment_trees(state))
         count = safe_increment(state.count)
         grads = jax.tree.map(lambda g: jnp.asarray(g).astype(compute_dtype(g)), grads)
         if _is_one(b1_decay):
@@ -208,6 +219,7 @@ def scale_by_inf_moment(
     fn = "scale_by_inf_moment"
     _validate.check_beta(fn, "b1", b1)
     _validate.check_beta(fn, "b2", b2)
+    _validate.check_dtype(fn, "state_dtype", state_dtype, allow_int8=True)
     mu_dtype, nu_dtype = _pick(mu_dtype, state_dtype), _pick(nu_dtype, state_dtype)
     _validate.check_dtype(fn, "mu_dtype", mu_dtype, allow_int8=True)
     _validate.check_dtype(fn, "nu_dtype", nu_dtype, allow_int8=True)
@@ -222,6 +234,7 @@ def scale_by_inf_moment(
     def update(updates, state, params=None):
         del params
         grads = expect_updates(fn, updates, _FIRST)
+        _validate.check_gradients(fn, grads, state=_moment_trees(state))
         count = safe_increment(state.count)
         grads = jax.tree.map(lambda g: jnp.asarray(g).astype(compute_dtype(g)), grads)
         mu = jax.tree.map(lambda g, m: _ema(b1, m, g, g.dtype), grads, state.mu)

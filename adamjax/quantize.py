@@ -33,6 +33,7 @@ That is ``1 + 4 / BLOCK_SIZE`` bytes per element instead of 4.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -143,6 +144,10 @@ class QuantizedArray:
     shape: tuple[int, ...]
     signed: bool
 
+    def __post_init__(self) -> None:
+        if not _registered_with_flax:
+            register_flax_serialization()
+
     def tree_flatten(self):
         return (self.codes, self.scales), (self.shape, self.signed)
 
@@ -158,6 +163,53 @@ class QuantizedArray:
     def nbytes(self) -> int:
         """Bytes held: one per stored element plus four per block."""
         return int(np.prod(jnp.shape(self.codes))) + 4 * int(np.prod(jnp.shape(self.scales)))
+
+
+_registered_with_flax = False
+
+
+def _state_dict(q: QuantizedArray) -> dict[str, Any]:
+    from flax import serialization
+
+    return {
+        "codes": serialization.to_state_dict(q.codes),
+        "scales": serialization.to_state_dict(q.scales),
+    }
+
+
+def _from_state_dict(target: QuantizedArray, state: dict[str, Any]) -> QuantizedArray:
+    from flax import serialization
+
+    missing = {"codes", "scales"} - set(state)
+    if missing:
+        raise ValueError(
+            f"QuantizedArray state dict lacks {sorted(missing)} (has {sorted(state)}): it was "
+            "not written from an 8-bit (state_dtype='int8') optimizer state."
+        )
+    codes = serialization.from_state_dict(target.codes, state["codes"], name="codes")
+    scales = serialization.from_state_dict(target.scales, state["scales"], name="scales")
+    return QuantizedArray(codes, scales, target.shape, target.signed)
+
+
+def register_flax_serialization() -> None:
+    """Teach ``flax.serialization`` the state dict of :class:`QuantizedArray`
+    (``{"codes": ..., "scales": ...}``; ``shape`` and ``signed`` come from the target).
+
+    Runs by itself once Flax is imported: at ``import adamjax`` or ``import adamjax.flax``
+    and whenever a ``QuantizedArray`` is built; it never imports Flax itself.
+    """
+    global _registered_with_flax
+    if _registered_with_flax or "flax.serialization" not in sys.modules:
+        return
+    from flax import serialization
+
+    serialization.register_serialization_state(
+        QuantizedArray, _state_dict, _from_state_dict, override=True
+    )
+    _registered_with_flax = True
+
+
+register_flax_serialization()
 
 
 def n_blocks(size: int) -> int:
@@ -264,6 +316,47 @@ def stored_zeros(p: Any, dtype: Any, *, signed: bool) -> Any:
     if math.prod(jnp.shape(p)) < MIN_QUANTIZED_SIZE:
         return jnp.zeros_like(p, dtype=dtype)
     return zeros(tuple(int(d) for d in jnp.shape(p)), signed=signed)
+
+
+def _is_quantized(x: Any) -> bool:
+    return isinstance(x, QuantizedArray)
+
+
+def inside_boxes(tree: Any) -> Any:
+    """``tree`` with each single-array box around a :class:`QuantizedArray` moved inside it.
+
+    A moment is built by mapping over the parameters' leaves; a parameter held in a box,
+    a pytree node around one array such as ``flax.nnx.Param``, then yields
+    ``Box(QuantizedArray(codes, scales))``. Frameworks that keep optimizer state as boxes
+    (``nnx.Optimizer`` wraps every leaf in a ``Variable``) assume a box holds one array:
+    they rebuild the state's tree of arrays and write each array back into the box at its
+    path, and a box holding a ``QuantizedArray`` would receive the bare tree of its two
+    children. ``QuantizedArray(Box(codes), Box(scales))`` keeps one array per box, so
+    ``codes`` and ``scales`` are each written back where they came from.
+    """
+
+    def box_of(x: Any) -> tuple[QuantizedArray, Any] | None:
+        """``(q, box)`` when ``x`` is a non-container node around one QuantizedArray."""
+        if _is_quantized(x) or isinstance(x, (dict, list, tuple)) or hasattr(x, "keys"):
+            return None
+        leaves, box = jax.tree_util.tree_flatten(x, is_leaf=_is_quantized)
+        if len(leaves) == 1 and _is_quantized(leaves[0]) and box.num_nodes == 2:
+            return leaves[0], box
+        return None
+
+    def lift(x: Any) -> Any:
+        found = box_of(x)
+        if found is None:
+            return x
+        q, box = found
+        return QuantizedArray(
+            box.unflatten([q.codes]), box.unflatten([q.scales]), q.shape, q.signed
+        )
+
+    def is_box(x: Any) -> bool:
+        return _is_quantized(x) or box_of(x) is not None
+
+    return jax.tree_util.tree_map(lift, tree, is_leaf=is_box)
 
 
 def read(stored: Any, dtype: Any) -> jax.Array:

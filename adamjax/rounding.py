@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from adamjax import _validate
 from adamjax.base import GradientTransformation
 
 __all__ = ["StochasticRoundingState", "stochastic_round", "stochastic_rounding"]
@@ -121,6 +122,7 @@ def stochastic_rounding(inner: GradientTransformation, key: Any) -> GradientTran
         return StochasticRoundingState(inner=inner.init(params), key=key)
 
     def update(updates, state, params=None, **extra):
+        _validate.check_gradients("stochastic_rounding", updates, params)
         _require_params("stochastic_rounding", params, "round their new values")
         u, inner_state = inner.update(_float32_low_precision(updates), state.inner, params, **extra)
         key, sub = jax.random.split(state.key)

@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from adamjax import _validate
 from adamjax.base import GradientTransformation, GradientTransformationExtraArgs, apply_updates
 
 __all__ = ["FusedApply", "FusedTransformation", "apply_gradients"]
@@ -74,7 +75,9 @@ def apply_gradients(
     .. math:: (u_t, s_t) = \mathrm{update}(g_t, s_{t-1}, \theta_{t-1}), \quad
         \theta_t = \theta_{t-1} + u_t
 
-    Uses ``opt.fused_apply`` when ``opt`` is a :class:`FusedTransformation` that has one
+    First checks, at trace time, that ``grads`` match ``params`` in structure, shapes and
+    dtype kind, raising with the path of the first mismatched leaf. Then uses
+    ``opt.fused_apply`` when ``opt`` is a :class:`FusedTransformation` that has one
     (see the module docstring), else ``opt.update`` and :func:`adamjax.apply_updates`.
     Call it inside ``jax.jit`` with the parameters and state donated (``donate_argnums``)
     so that the step runs in place.
@@ -95,6 +98,7 @@ def apply_gradients(
       >>> bool(jnp.allclose(params["w"], jnp.array([0.9, 2.1]), rtol=1e-5))
       True
     """
+    _validate.check_gradients("apply_gradients", grads, params)
     fused = opt.fused_apply if isinstance(opt, FusedTransformation) else None
     if fused is not None:
         out = fused(grads, opt_state, params)

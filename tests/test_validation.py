@@ -150,3 +150,199 @@ def test_schedules_and_arrays_pass_validation():
     adamjax.sgd(0.1, momentum=jnp.asarray(0.9))
     with pytest.raises(TypeError, match="learning_rate.*bool"):
         adamjax.adam(jnp.asarray(True))
+
+
+# ------------------------------------------------------------------------------------------
+# Gradients that do not fit the parameters or the state: errors that name the leaf. Each
+# case is a row of the table in docs/state-formats.md ("What a wrong input says"), which
+# must show the first sentence of the message raised here.
+
+_P = {"layer": {"b": jnp.zeros(3), "w": jnp.ones((3, 4))}}
+_TRANSPOSED = {"layer": {"b": jnp.zeros(3), "w": jnp.ones((4, 3))}}
+_MISSING = {"layer": {"w": jnp.ones((3, 4))}}
+_EXTRA = {"layer": {"b": jnp.zeros(3), "w": jnp.ones((3, 4)), "v": jnp.ones(2)}}
+_INT = {"layer": {"b": jnp.zeros(3), "w": jnp.ones((3, 4), jnp.int32)}}
+_COMPLEX = {"layer": {"b": jnp.zeros(3), "w": jnp.ones((3, 4), jnp.complex64)}}
+
+
+def _update(tx, grads, params=_P, state_for=_P):
+    return jax.jit(tx.update)(grads, tx.init(state_for), params)
+
+
+def _apply(tx, grads):
+    return jax.jit(lambda g, s, p: adamjax.apply_gradients(tx, g, s, p))(grads, tx.init(_P), _P)
+
+
+def _train_state(tx, grads):
+    import adamjax.flax
+
+    st = adamjax.flax.TrainState.create(apply_fn=None, params=_P, tx=tx)
+    return jax.jit(lambda st, g: st.apply_gradients(grads=g))(st, grads)
+
+
+def _chain():
+    import optax
+
+    return optax.chain(optax.clip_by_global_norm(1.0), adamjax.adam(1e-3))
+
+
+WRONG_INPUTS = [
+    # (row label in the docs, call, exception, first sentence of the message)
+    (
+        "transposed gradient, `update`",
+        lambda: _update(adamjax.adam(1e-3), _TRANSPOSED),
+        ValueError,
+        "adam: the gradient at ['layer']['w'] has shape (4, 3), but the parameter there has "
+        "shape (3, 4).",
+    ),
+    (
+        "transposed gradient, `optax.chain(clip, adam)`",
+        lambda: _update(_chain(), _TRANSPOSED),
+        ValueError,
+        "adam: the gradient at ['layer']['w'] has shape (4, 3), but the parameter there has "
+        "shape (3, 4).",
+    ),
+    (
+        "transposed gradient, `kahan_summation(adam)`",
+        lambda: _update(adamjax.kahan_summation(adamjax.adam(1e-3)), _TRANSPOSED),
+        ValueError,
+        "kahan_summation: the gradient at ['layer']['w'] has shape (4, 3), but the parameter "
+        "there has shape (3, 4).",
+    ),
+    (
+        "transposed gradient, `apply_gradients` or `adamjax.flax.TrainState`",
+        lambda: _train_state(adamjax.adam(1e-3), _TRANSPOSED),
+        ValueError,
+        "apply_gradients: the gradient at ['layer']['w'] has shape (4, 3), but the parameter "
+        "there has shape (3, 4).",
+    ),
+    (
+        "transposed gradient, Optax's `optax.adam` through `apply_gradients`",
+        lambda: _apply(__import__("optax").adam(1e-3), _TRANSPOSED),
+        ValueError,
+        "apply_gradients: the gradient at ['layer']['w'] has shape (4, 3), but the parameter "
+        "there has shape (3, 4).",
+    ),
+    (
+        "`update` without params, state built for other parameters",
+        lambda: _update(
+            adamjax.adam(1e-3),
+            _P,
+            params=None,
+            state_for={"layer": {"b": _P["layer"]["b"], "w": jnp.ones((4, 3))}},
+        ),
+        ValueError,
+        "scale_by_moments: the gradient at ['layer']['w'] has shape (3, 4), but the optimizer "
+        "state's first moment m holds shape (4, 3) there.",
+    ),
+    (
+        "the same with 8-bit state",
+        lambda: jax.jit(adamjax.adam(1e-3, state_dtype="int8").update)(
+            {"w": jnp.ones((64, 80))},
+            adamjax.adam(1e-3, state_dtype="int8").init({"w": jnp.ones((80, 64))}),
+        ),
+        ValueError,
+        "adam: the gradient at ['w'] has shape (64, 80), but the optimizer state's first "
+        "moment m holds shape (80, 64) there.",
+    ),
+    (
+        "gradient tree lacks a parameter",
+        lambda: _update(adamjax.adam(1e-3), _MISSING),
+        ValueError,
+        "adam: the gradients' tree does not match that of the parameters: there is a leaf at "
+        "['layer']['b'] in the parameters but not in the gradients.",
+    ),
+    (
+        "gradient tree has an extra leaf",
+        lambda: _apply(adamjax.adam(1e-3), _EXTRA),
+        ValueError,
+        "apply_gradients: the gradients' tree does not match that of the parameters: there is "
+        "a leaf at ['layer']['v'] in the gradients but not in the parameters.",
+    ),
+    (
+        "integer gradient",
+        lambda: _update(adamjax.adam(1e-3), _INT),
+        TypeError,
+        "adam: the gradient at ['layer']['w'] has dtype int32 (non-floating), but the "
+        "parameter there has dtype float32 (real floating).",
+    ),
+    (
+        "complex gradient of a real parameter",
+        lambda: _update(adamjax.adam(1e-3), _COMPLEX),
+        TypeError,
+        "adam: the gradient at ['layer']['w'] has dtype complex64 (complex), but the "
+        "parameter there has dtype float32 (real floating).",
+    ),
+    (
+        '`state_dtype="int4"`',
+        lambda: adamjax.adam(1e-3, state_dtype="int4"),
+        TypeError,
+        "scale_by_moments: state_dtype='int4' is not a floating dtype (int4): moments stored "
+        "in it would be truncated.",
+    ),
+    (
+        "`state_dtype=jnp.int8` (the dtype, not the string)",
+        lambda: adamjax.adam(1e-3, state_dtype=jnp.int8),
+        TypeError,
+        "scale_by_moments: state_dtype=<class 'jax.numpy.int8'> is not a floating dtype "
+        "(int8): moments stored in it would be truncated.",
+    ),
+    (
+        '`state_dtype="float8"`',
+        lambda: adamjax.adam(1e-3, state_dtype="float8"),
+        TypeError,
+        "scale_by_moments: state_dtype='float8' is not a dtype.",
+    ),
+    (
+        '`mu_dtype="int8"` for SGD\'s momentum',
+        lambda: adamjax.sgd(0.1, momentum=0.9, accumulator_dtype="int8"),
+        TypeError,
+        "trace: state_dtype='int8' (8-bit block-wise moments) is a storage format of the "
+        "moment estimators (scale_by_moments, scale_by_inf_moment: adam, adamw, adamax, "
+        "rmsprop); this state is stored in floating point.",
+    ),
+]
+
+
+def _first_sentence(message: str) -> str:
+    return message.split(". ")[0] + "."
+
+
+@pytest.mark.parametrize(("label", "call", "error", "first"), WRONG_INPUTS)
+def test_a_wrong_input_raises_a_message_that_names_it(label, call, error, first):
+    with pytest.raises(error) as info:
+        call()
+    message = str(info.value)
+    assert _first_sentence(message) == first
+    if "gradient" in label or "`update`" in label:
+        assert "Likely cause:" in message
+    if "dtype" in label:
+        assert "Accepted:" in message or "Accepted here:" in message
+
+
+def test_the_docs_table_shows_each_wrong_input_and_its_message():
+    import pathlib
+
+    doc = (pathlib.Path(__file__).parents[1] / "docs" / "state-formats.md").read_text()
+    for label, _, _, first in WRONG_INPUTS:
+        row = f"| {label} | `{first}` |"
+        assert row in doc, row
+
+
+def test_gradient_checks_add_nothing_to_the_compiled_step(monkeypatch):
+    """The checks run on shapes at trace time: the compiled step is the same program."""
+    import optax
+
+    from adamjax import _validate
+
+    tx = adamjax.adam(1e-3, implementation="jax")
+    params = {"w": jnp.ones((3, 4))}
+
+    def step(g, s, p):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    args = (params, tx.init(params), params)
+    checked = jax.jit(lambda *a: step(*a)).lower(*args).as_text()  # a fresh trace each
+    monkeypatch.setattr(_validate, "check_gradients", lambda *a, **k: None)
+    assert jax.jit(lambda *a: step(*a)).lower(*args).as_text() == checked
