@@ -15,7 +15,7 @@ OUT ?= runs
 # PyTorch (the CPU wheel this machine class holds) is an extra reference in tests and benchmarks.
 EXTRAS ?= all,torch
 
-.PHONY: install test lint docs reproduce reproduce-all bench clean
+.PHONY: install test lint docs dist reproduce reproduce-all bench clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ docs: install
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 	@echo "docs: docs/_build/html/index.html"
 
+# The sdist and the wheel users install (dist/); the wheel is built from the sdist, in an
+# isolated build environment as pip would (tests/test_packaging.py installs them outside the repo).
+dist: install
+	rm -rf dist
+	$(PY) -m build --outdir dist
+	@ls -l dist
+
 reproduce: install
 	$(PY) -m experiments fig1_logreg --quick --out $(OUT)/fig1_logreg
 
@@ -49,4 +56,4 @@ bench: install
 	$(PY) -m benchmarks --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache docs/_build
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache docs/_build

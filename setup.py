@@ -6,6 +6,10 @@ in pyproject.toml). If either is missing, or compiling fails, the build prints a
 and installs the pure-Python package: adamjax then runs its pure-JAX path and says so once
 at import (``adamjax.native.native_available()`` is False).
 
+When the kernel is not built, the reason is written beside where the library would have been
+(``adamjax/native/_adam_ffi.build-error.txt``, shipped in the wheel), so that
+``adamjax.native_info()["reason"]`` can say why at run time, naming a missing compiler.
+
 Environment:
   ADAMJAX_NO_NATIVE_BUILD=1   skip the native kernel.
   ADAMJAX_NATIVE_BUILD_STRICT=1   fail the install if the kernel cannot be built (for CI).
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -63,6 +68,19 @@ def _warn(msg: str) -> None:
     )
 
 
+# Read by adamjax/native/_library.py: why the library beside it was not built.
+_BUILD_ERROR_NAME = "_adam_ffi.build-error.txt"
+
+
+def _missing_compiler(compiler) -> str | None:
+    """A compiler or linker command this build would run (C++ first) that is not on PATH."""
+    for attr in ("compiler_so_cxx", "compiler_cxx", "linker_so_cxx", "compiler_so", "linker_so"):
+        cmd = getattr(compiler, attr, None)
+        if cmd and shutil.which(cmd[0]) is None:
+            return cmd[0]
+    return None
+
+
 class OptionalBuildExt(build_ext):
     """build_ext that never fails the install unless ADAMJAX_NATIVE_BUILD_STRICT is set."""
 
@@ -72,26 +90,44 @@ class OptionalBuildExt(build_ext):
         except Exception as e:  # noqa: BLE001 - e.g. no compiler at all
             if _truthy("ADAMJAX_NATIVE_BUILD_STRICT"):
                 raise
-            _warn(f"building the native kernel failed ({type(e).__name__}: {e}).")
+            self._failed(None, f"building the native kernel failed ({type(e).__name__}: {e})")
+
+    def _note_path(self, ext) -> Path:
+        return Path(self.get_ext_fullpath(ext.name)).parent / _BUILD_ERROR_NAME
+
+    def _failed(self, ext, msg: str) -> None:
+        """Fail (strict) or warn, and leave the reason where the library would have been."""
+        if _truthy("ADAMJAX_NATIVE_BUILD_STRICT"):
+            raise RuntimeError(msg)
+        _warn(msg + ".")
+        for e in [ext] if ext is not None else self.extensions:
+            note = self._note_path(e)
+            note.parent.mkdir(parents=True, exist_ok=True)
+            note.write_text(msg + "\n")
 
     def build_extension(self, ext):
+        self._note_path(ext).unlink(missing_ok=True)  # a reason from an earlier build is stale
         inc = _ffi_include_dir()
         if inc is None:
-            msg = "the XLA FFI headers (jaxlib/include/xla/ffi) were not found."
-            if _truthy("ADAMJAX_NATIVE_BUILD_STRICT"):
-                raise RuntimeError(msg)
-            _warn(msg)
+            self._failed(ext, "the XLA FFI headers (jaxlib/include/xla/ffi) were not found")
             return
         ext.include_dirs = [*ext.include_dirs, inc]
         if self.compiler.compiler_type == "msvc":
             ext.extra_compile_args = ["/std:c++17", "/O2", "/fp:precise"]
             ext.extra_link_args = []
+        else:
+            missing = _missing_compiler(self.compiler)
+            if missing is not None:
+                self._failed(
+                    ext,
+                    f"no C++ compiler: `{missing}` was not found on PATH (install g++ or "
+                    "clang++, or point CXX at a C++17 compiler, and reinstall adamjax)",
+                )
+                return
         try:
             super().build_extension(ext)
         except Exception as e:  # noqa: BLE001
-            if _truthy("ADAMJAX_NATIVE_BUILD_STRICT"):
-                raise
-            _warn(f"compiling {ext.sources[0]} failed ({type(e).__name__}: {e}).")
+            self._failed(ext, f"compiling {ext.sources[0]} failed ({type(e).__name__}: {e})")
 
     def get_export_symbols(self, ext):
         # A plain shared library loaded with ctypes, not a Python module: no PyInit_*.

@@ -65,6 +65,15 @@ def _library_path() -> Path | None:
     return None
 
 
+def _build_error() -> str | None:
+    """Why the install did not build the library, as setup.py wrote it beside the library."""
+    note = Path(__file__).resolve().parent / f"{_LIB_STEM}.build-error.txt"
+    try:
+        return note.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def load() -> None:
     """Load the library and register its FFI targets for the CPU (never raises)."""
     flag = os.environ.get(_DISABLE_ENV, "").strip()
@@ -78,6 +87,9 @@ def load() -> None:
             f"the compiled library adamjax/native/{_LIB_STEM}*.so is missing (it is built by "
             "`pip install` with a C++17 compiler; reinstall adamjax with g++ or clang++ on PATH)"
         )
+        why = _build_error()
+        if why:
+            LIB.reason += f"; the install said: {why}"
         return
     try:
         lib = ctypes.CDLL(str(path))
