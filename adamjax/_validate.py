@@ -208,8 +208,8 @@ def _is_state_leaf(x: Any) -> bool:
 def _tree_mismatch(fn: str, grads: Any, other: Any, what: str, cause: str) -> str | None:
     """A message naming the first path where ``grads`` and ``other`` differ in structure."""
     is_leaf = _is_state_leaf
-    g_def = jax.tree_util.tree_structure(grads, is_leaf=is_leaf)
-    o_def = jax.tree_util.tree_structure(other, is_leaf=is_leaf)
+    g_def: Any = jax.tree_util.tree_structure(grads, is_leaf=is_leaf)
+    o_def: Any = jax.tree_util.tree_structure(other, is_leaf=is_leaf)
     if g_def == o_def:
         return None
     g_paths = [p for p, _ in _leaf_paths(grads, is_leaf)]

@@ -340,7 +340,8 @@ def inside_boxes(tree: Any) -> Any:
         if _is_quantized(x) or isinstance(x, (dict, list, tuple)) or hasattr(x, "keys"):
             return None
         leaves, box = jax.tree_util.tree_flatten(x, is_leaf=_is_quantized)
-        if len(leaves) == 1 and _is_quantized(leaves[0]) and box.num_nodes == 2:
+        n_nodes: int = box.num_nodes  # type: ignore[attr-defined]  # not in jaxlib's stubs
+        if len(leaves) == 1 and _is_quantized(leaves[0]) and n_nodes == 2:
             return leaves[0], box
         return None
 

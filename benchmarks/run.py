@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from benchmarks import device, kernels, paths, train, trees
+from benchmarks import device, experiment_step, kernels, paths, train, trees
 
 BPP = kernels.BYTES_PER_PARAM
 
@@ -175,6 +175,11 @@ def main(argv=None) -> int:
     # 3b. The step through Flax's train states and adamjax.flax's (benchmarks/paths.py)
     results["flax_paths"] = paths.run(sizes[1:], repeats=7 if quick else 21)
     for group, case, s, ratio, what in paths.rows(results["flax_paths"]):
+        row(group, case, _ms(s), ratio, what)
+
+    # 3c. The experiments' training step against the bare network (benchmarks/experiment_step.py)
+    results["experiment_step"] = experiment_step.run(repeats=3 if quick else 7)
+    for group, case, s, ratio, what in experiment_step.rows(results["experiment_step"]):
         row(group, case, _ms(s), ratio, what)
 
     # 4. Learning-rate grid -----------------------------------------------------------------

@@ -1,0 +1,164 @@
+"""What the paper-scale experiments' training step costs next to the network it trains.
+
+Figure 2's multilayer network (784-1000-1000-10, batch 128) trained the way
+``experiments`` trains it (``make_epoch_fn``: one jitted ``lax.scan`` over an epoch's
+minibatches, one config), against a *bare* step of the same network in the same kind of scan:
+forward, backward and a plain SGD update, no optimizer state, no dropout, no bookkeeping. The
+ratio is what the experiment's machinery (optimizer, dropout masks, L2, loss history) adds to
+the network's own cost. A second group times the dropout masks alone: :func:`keep_mask`
+(bit fields of one threefry draw) against ``jax.random.bernoulli`` (one 32-bit word per unit,
+what ``flax.linen.Dropout`` draws), for the network's three masks.
+
+Inputs are synthetic uint8 images with MNIST's shapes: the time does not depend on the pixels.
+``python -m benchmarks.experiment_step`` prints the rows; ``benchmarks/run.py`` includes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.timing import interleaved
+
+BATCH = 128
+N_TRAIN = 6400  # 50 steps an epoch
+STEPS = N_TRAIN // BATCH
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 256, (N_TRAIN, 784), dtype=np.uint8))
+    y = jnp.asarray(rng.integers(0, 10, N_TRAIN).astype(np.int32))
+    return x, y
+
+
+def _bare(task, x, y) -> Callable[[], None]:
+    """One epoch of forward + backward + SGD of ``task``'s network, in a jitted scan."""
+
+    def epoch(params, key):
+        perm = jax.random.permutation(key, N_TRAIN).reshape(STEPS, BATCH)
+
+        def body(p, idx):
+            xb, yb = x[idx].astype(jnp.float32) / 255.0, y[idx]
+            loss, g = jax.value_and_grad(task.cost)(p, xb, yb, None, False)
+            return jax.tree.map(lambda a, b: a - 1e-3 * b, p, g), loss
+
+        return jax.lax.scan(body, params, perm)
+
+    fn = jax.jit(epoch, donate_argnums=0)
+    state = [task.init(jax.random.PRNGKey(0))]
+
+    def run():
+        state[0], losses = fn(state[0], jax.random.PRNGKey(1))
+        losses.block_until_ready()
+
+    return run
+
+
+def _experiment(task, optimizer: str, x, y) -> Callable[[], None]:
+    """One epoch as the experiment runner trains it (one config)."""
+    from experiments import train
+
+    epoch = train.make_epoch_fn(task, optimizer, "constant", BATCH, N_TRAIN, True, None)
+    hp = {"learning_rate": jnp.full((1,), 1e-3)}
+    if optimizer == "sgd_nesterov":
+        hp["momentum"] = jnp.full((1,), 0.9)
+    job = train.Job(task, optimizer, "constant", BATCH, 1, 0)
+    state = [train.initial_states(job, hp, 1)]
+    keys = train.config_keys(0, [0])
+
+    def run():
+        state[0], losses = epoch(state[0], keys, hp, jnp.int32(0), x, y)
+        losses.block_until_ready()
+
+    return run
+
+
+def _masks(draw) -> Callable[[], None]:
+    """The MLP's three dropout masks (input 0.2, two hidden layers 0.5), 50 steps, jitted."""
+    shapes = [(0.2, (BATCH, 784)), (0.5, (BATCH, 1000)), (0.5, (BATCH, 1000))]
+
+    @jax.jit
+    def fifty(key):
+        def body(count, k):
+            ks = jax.random.split(k, len(shapes))
+            kept = [
+                draw(kk, rate, shape).sum() for kk, (rate, shape) in zip(ks, shapes, strict=True)
+            ]
+            return count + sum(kept), None
+
+        return jax.lax.scan(body, jnp.int32(0), jax.random.split(key, STEPS))[0]
+
+    def run():
+        fifty(jax.random.PRNGKey(0)).block_until_ready()
+
+    return run
+
+
+def run(repeats: int = 7) -> dict:
+    """Seconds per epoch of each case (median of ``repeats`` interleaved rounds)."""
+    from experiments.models import keep_mask
+    from experiments.tasks import make_task
+
+    x, y = _data()
+    plain = make_task("mlp")
+    dropout = make_task("mlp", dropout=0.5, input_dropout=0.2)
+    l2 = make_task("mlp", weight_decay=1e-4)
+    step_cases = {
+        "bare fwd+bwd+SGD": _bare(plain, x, y),
+        "fig2 (a) dropout, adam": _experiment(dropout, "adam", x, y),
+        "fig2 (a) dropout, sgd_nesterov": _experiment(dropout, "sgd_nesterov", x, y),
+        "fig2 (b) L2, adam": _experiment(l2, "adam", x, y),
+    }
+    bernoulli = lambda k, rate, shape: jax.random.bernoulli(k, 1.0 - rate, shape)
+    mask_cases = {
+        "jax.random.bernoulli": _masks(bernoulli),
+        "keep_mask": _masks(keep_mask),
+    }
+    return {
+        "steps_per_epoch": STEPS,
+        "step_seconds": interleaved(step_cases, repeats=repeats, warmup=1),
+        "mask_seconds": interleaved(mask_cases, repeats=repeats, warmup=1),
+    }
+
+
+def rows(result: dict) -> list[tuple[str, str, float, str, str]]:
+    """``(group, case, seconds per step, ratio, what)`` rows of :func:`run`'s result."""
+    n = result["steps_per_epoch"]
+    st, mt = result["step_seconds"], result["mask_seconds"]
+    bare = st["bare fwd+bwd+SGD"]
+    out = [
+        (
+            "experiment step (MLP)",
+            case,
+            s / n,
+            f"{s / bare:4.2f}x the bare step",
+            "784-1000-1000-10, batch 128, one config, per step",
+        )
+        for case, s in st.items()
+    ]
+    ref = mt["jax.random.bernoulli"]
+    out += [
+        (
+            "dropout masks (MLP)",
+            case,
+            s / n,
+            f"{s / ref:4.2f}x bernoulli's time",
+            "masks 128x784 @0.2 + 2 x 128x1000 @0.5, per step",
+        )
+        for case, s in mt.items()
+    ]
+    return out
+
+
+def main() -> None:
+    """Print the rows (3 repeats)."""
+    for group, case, s, ratio, what in rows(run(repeats=3)):
+        print(f"  {group:<24} {case:<32} {1e3 * s:8.3f} ms  {ratio:<24} {what}")
+
+
+if __name__ == "__main__":
+    main()
