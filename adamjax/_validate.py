@@ -205,6 +205,16 @@ def _is_state_leaf(x: Any) -> bool:
     return x is None or isinstance(x, QuantizedArray)
 
 
+def _matched_leaves(fn: str, grads: Any, other: Any, what: str, cause: str) -> list:
+    """``(path, gradient leaf, other leaf)`` triples, after raising if the trees differ."""
+    msg = _tree_mismatch(fn, grads, other, what, cause)
+    if msg is not None:
+        raise ValueError(msg)
+    g_leaves = _leaf_paths(grads, _is_state_leaf)
+    o_leaves = _leaf_paths(other, _is_state_leaf)
+    return [(path, g, o) for (path, g), (_, o) in zip(g_leaves, o_leaves, strict=True)]
+
+
 def _tree_mismatch(fn: str, grads: Any, other: Any, what: str, cause: str) -> str | None:
     """A message naming the first path where ``grads`` and ``other`` differ in structure."""
     is_leaf = _is_state_leaf
@@ -255,13 +265,7 @@ def check_gradients(fn: str, grads: Any, params: Any = None, *, state: Any = Non
         gradient, a complex gradient of a real parameter or the reverse).
     """
     if params is not None:
-        msg = _tree_mismatch(fn, grads, params, "the parameters", _CAUSE_TREE)
-        if msg is not None:
-            raise ValueError(msg)
-        pairs = zip(
-            _leaf_paths(grads, _is_state_leaf), _leaf_paths(params, _is_state_leaf), strict=True
-        )
-        for (path, g), (_, p) in pairs:
+        for path, g, p in _matched_leaves(fn, grads, params, "the parameters", _CAUSE_TREE):
             if g is None or p is None:
                 continue
             if tuple(jnp.shape(g)) != tuple(jnp.shape(p)):
@@ -281,13 +285,7 @@ def check_gradients(fn: str, grads: Any, params: Any = None, *, state: Any = Non
     for what, tree in (state or {}).items():
         if tree is None:
             continue
-        msg = _tree_mismatch(fn, grads, tree, what, _CAUSE_STATE)
-        if msg is not None:
-            raise ValueError(msg)
-        pairs = zip(
-            _leaf_paths(grads, _is_state_leaf), _leaf_paths(tree, _is_state_leaf), strict=True
-        )
-        for (path, g), (_, s) in pairs:
+        for path, g, s in _matched_leaves(fn, grads, tree, what, _CAUSE_STATE):
             if g is None or s is None:
                 continue
             if _kind(jnp.result_type(g)) == "non-floating":
