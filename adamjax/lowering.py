@@ -63,6 +63,7 @@ import optax
 from jax.custom_derivatives import SymbolicZero
 
 from adamjax import _validate, quantize
+from adamjax._tree import mask_tree
 from adamjax.base import GradientTransformationExtraArgs, apply_updates, safe_increment
 from adamjax.spec import Spec, spec_of
 from adamjax.step import FusedTransformation, apply_gradients
@@ -398,10 +399,8 @@ def _decay_flags(mask: Any, params: Any, treedef: Any) -> tuple[Any, str | None]
     leaves are not static booleans: the chain then runs as written)."""
     if mask is None:
         return (True,) * treedef.num_leaves, None
-    from adamjax.weight_decay import _mask_tree
-
     try:
-        leaves = treedef.flatten_up_to(_mask_tree(mask, params))
+        leaves = treedef.flatten_up_to(mask_tree(mask, params))
     except ValueError:  # the chain raises its own error about the mask
         return None, "a mask with the structure of the parameters"
     flags = []
