@@ -11,9 +11,10 @@ from typing import Any
 
 from adamjax import _validate
 from adamjax.amsgrad import keep_max_nu
-from adamjax.base import GradientTransformation, chain
+from adamjax.base import GradientTransformation
 from adamjax.bias import bias_correct
 from adamjax.gradient_dtype import keep_gradient_dtype
+from adamjax.lowering import chain
 from adamjax.lr import scale_by_lr
 from adamjax.moments import scale_by_moments
 from adamjax.nesterov import bias_correct_nesterov

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import numbers
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,9 +63,14 @@ import numpy as np
 import optax
 from jax.custom_derivatives import SymbolicZero
 
-from adamjax import _validate, quantize
+from adamjax import _validate, native, quantize
 from adamjax._tree import mask_tree
 from adamjax.base import GradientTransformationExtraArgs, apply_updates, safe_increment
+from adamjax.bias import bias_correct
+from adamjax.lr import scale_by_lr
+from adamjax.moments import scale_by_moments
+from adamjax.native import Hyper
+from adamjax.precondition import precondition
 from adamjax.spec import Spec, spec_of
 from adamjax.step import FusedTransformation, apply_gradients
 
@@ -356,8 +362,6 @@ def _maybe_native(mode: str, plan: _Plan, force: bool, grads, state, params):
         if force:
             raise why[1](f"implementation='native' needs {why[0]}.")
         return None
-    from adamjax import native
-
     if not native.ready():
         if force:
             raise RuntimeError(
@@ -432,8 +436,6 @@ def _hyper(plan: _Plan, v: dict[str, Any], old_count: jax.Array):
     """The kernel's scalars, computed with the chain's own expressions so that they are
     the same bits (XLA turns the chain's ``m / c`` into ``m * (1 / c)``); AdamW's hold the
     weight decay too."""
-    from adamjax.native import Hyper
-
     count = safe_increment(old_count)
     one = jnp.ones([], jnp.float32)
     inv_c1 = inv_c2 = one
@@ -473,8 +475,6 @@ def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], flags: Any) -> 
         return list(first), list(new[0].mu), list(new[0].nu)
 
     def run(algo, hyper, dynamic, p, g, mu, nu, count, mask):
-        from adamjax import native
-
         reads_p = mode == "apply" or algo == "adamw"
 
         def fallback(leaves):
@@ -608,8 +608,6 @@ def _quantized_kernel_check() -> str | None:
             why = f"failed its check: {type(e).__name__}: {e}"
         _CHECK["why"] = why
     if why is not None:
-        import warnings
-
         warnings.warn(
             f"adamjax: the native 8-bit-state kernel {why}; 8-bit steps run the pure-JAX "
             "chain (same results, slower).",
@@ -620,35 +618,27 @@ def _quantized_kernel_check() -> str | None:
 
 
 def _compare_quantized_steps() -> str | None:
-    from adamjax import native
-    from adamjax.aliases import adam
-
+    """Adam's chain with 8-bit moments, lowered onto the kernel and as written, through
+    :func:`adamjax.native.quantized_self_test` on two full blocks and a tail."""
     if not native.quantized_available():
         return (
             "is missing from the compiled library (built before it was added: rebuild "
             "adamjax, e.g. `python setup.py build_ext --inplace`)"
         )
 
-    with jax.ensure_compile_time_eval():
-        cpu = jax.devices("cpu")[0]
-        rng = np.random.default_rng(0)
-        n = 2 * quantize.BLOCK_SIZE + 5  # two full blocks and a tail
-        p = jax.device_put(rng.standard_normal(n).astype(np.float32), cpu)
-        opts = [adam(1e-3, state_dtype="int8", implementation=i) for i in ("native", "jax")]
-        steps = [jax.jit(lambda g, s, p, o=o: apply_gradients(o, g, s, p)) for o in opts]
-        states = [o.init(p) for o in opts]
-        ps = [p, p]
-        for t in range(3):
-            scale = 10.0 ** rng.integers(-7, 2, size=n)
-            g = (rng.standard_normal(n) * scale).astype(np.float32)
-            if t == 1:
-                g[7] = np.nan  # a non-finite block: NaN scale, codes of NaN
-            g = jax.device_put(g, cpu)
-            outs = [step(g, st, q) for step, st, q in zip(steps, states, ps, strict=True)]
-            a, b = (jax.tree.leaves(o) for o in outs)
-            for x, y in zip(a, b, strict=True):
-                if not np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True):
-                    return f"differs from the XLA-compiled chain at step {t + 1}"
-            ps = [o[0] for o in outs]
-            states = [o[1] for o in outs]
-    return None
+    def adam_int8(implementation: str) -> Any:  # adamjax.adam(1e-3, state_dtype="int8")
+        return chain(
+            scale_by_moments(0.9, 0.999, state_dtype="int8"),
+            bias_correct(),
+            precondition(1e-8),
+            scale_by_lr(1e-3),
+            implementation=implementation,
+        )
+
+    kernel, written = adam_int8("native"), adam_int8("jax")
+    return native.quantized_self_test(
+        lambda g, s, p: apply_gradients(kernel, g, s, p),
+        lambda g, s, p: apply_gradients(written, g, s, p),
+        kernel.init,
+        2 * quantize.BLOCK_SIZE + 5,
+    )

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from adamjax.native import _calls, _library, _selftest
 from adamjax.native._library import LIB
-from adamjax.native._selftest import Hyper
+from adamjax.native._selftest import Hyper, quantized_self_test
 
 __all__ = [
     "Hyper",
@@ -49,6 +49,7 @@ __all__ = [
     "native_available",
     "native_info",
     "quantized_available",
+    "quantized_self_test",
     "quantized_step",
     "ready",
     "supported",
