@@ -11,9 +11,10 @@ from typing import Any
 
 from adamjax import _validate
 from adamjax.amsgrad import keep_max_nu
-from adamjax.base import GradientTransformation, chain
+from adamjax.base import GradientTransformation
 from adamjax.bias import bias_correct
 from adamjax.gradient_dtype import keep_gradient_dtype
+from adamjax.lowering import chain
 from adamjax.lr import scale_by_lr
 from adamjax.moments import scale_by_moments
 from adamjax.nesterov import bias_correct_nesterov
@@ -66,10 +67,9 @@ def adamw(
       implementation: as :func:`adamjax.adam`'s: ``"auto"`` runs the native CPU kernel in
         :func:`adamjax.apply_gradients` (and the Flax train states) where it gives the chain's
         results bit for bit, ``update`` the chain; ``"native"`` runs ``update`` on the kernel
-        too (or raises); ``"jax"`` always the chain. The kernel takes a number, float32
-        array or schedule for ``learning_rate`` and ``weight_decay``, a mask of Python
-        booleans (or a function returning one), float32 or bfloat16 moments; not
-        ``nesterov``, ``eps_root`` other than 0 or separate ``mu_dtype``/``nu_dtype``
+        too (or raises); ``"jax"`` always the chain. Which configurations the kernel
+        runs (e.g. not ``nesterov``, nor ``eps_root`` other than 0) is decided by
+        :func:`adamjax.lowering.kernel_gate`, as for the same primitives chained by hand
         (docs/fast-paths.md).
 
     Examples:
@@ -85,13 +85,6 @@ def adamw(
       True
     """
     _validate.check_bool("adamw", "nesterov", nesterov)
-    if nesterov or mu_dtype is not None or nu_dtype is not None:  # not the native kernel's
-        if implementation == "native":
-            raise ValueError(
-                "adamw: implementation='native' cannot run nesterov=True or separate "
-                "mu_dtype/nu_dtype; use state_dtype, or implementation='auto'."
-            )
-        implementation = "jax"
     correct = bias_correct_nesterov() if nesterov else bias_correct()
     opt = chain(
         _moments("adamw", learning_rate, b1, b2, state_dtype, mu_dtype, nu_dtype),  # m_t, v_t

@@ -86,7 +86,9 @@ def adam(
         CPU kernel (params updated in place) where it gives the same results bit for bit,
         and ``update`` the composed chain (which XLA fuses with ``optax.apply_updates``);
         ``"native"``: ``update`` runs the kernel too (or raises); ``"jax"``: always the
-        chain. See :func:`adamjax.chain` and docs/fast-paths.md.
+        chain. Which configurations the kernel runs is decided by
+        :func:`adamjax.lowering.kernel_gate` for this chain exactly as for the same
+        primitives chained by hand. See :func:`adamjax.chain` and docs/fast-paths.md.
 
     The updates are returned in the gradients' dtype (Optax's contract; the math runs in
     float32, see :func:`adamjax.gradient_dtype.keep_gradient_dtype`).
@@ -109,13 +111,6 @@ def adam(
     """
     _validate.check_learning_rate("adam", learning_rate)
     _validate.check_bool("adam", "nesterov", nesterov)
-    if nesterov or mu_dtype is not None or nu_dtype is not None:  # not the native kernel's
-        if implementation == "native":
-            raise ValueError(
-                "adam: implementation='native' cannot run nesterov=True or separate "
-                "mu_dtype/nu_dtype; use state_dtype, or implementation='auto'."
-            )
-        implementation = "jax"
     if layout not in ("tree", "flat"):
         raise ValueError(f"adam: layout must be 'tree' or 'flat', got {layout!r}.")
     _check_flag("adam", "bias_correction", bias_correction)

@@ -199,16 +199,6 @@ def abs_sq(g: jax.Array) -> jax.Array:
     return g * g
 
 
-def chain(
-    *transforms: GradientTransformation, implementation: str = "auto"
-) -> GradientTransformationExtraArgs:
-    """Compose transformations left to right; :func:`adamjax.lowering.chain` (which runs
-    known chains of primitives as a fused kernel)."""
-    from adamjax.lowering import chain as lowered_chain
-
-    return lowered_chain(*transforms, implementation=implementation)
-
-
 def apply_updates(params: Params, updates: Updates) -> Params:
     """``theta_t = theta_{t-1} + update``, leaf by leaf, in at least float32.
 

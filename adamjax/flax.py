@@ -15,8 +15,10 @@ method routed through it:
 - :class:`Optimizer`: drop-in for ``flax.nnx.Optimizer`` (a subclass: same ``wrt`` filter,
   ``step`` and ``opt_state`` variables).
 
-Any ``optax.GradientTransformation`` works with both; only ``adamjax.adam`` (exactly, not
-wrapped or chained) takes the native kernel, and the rest run as Flax's classes would run them.
+Any ``optax.GradientTransformation`` works with both; only one that owns a fused step
+(:class:`adamjax.step.FusedTransformation`, e.g. ``adamjax.adam`` itself, not wrapped or
+chained further) takes the native kernel, where :func:`adamjax.lowering.kernel_gate` says it
+runs; the rest run as Flax's classes would run them.
 
 To update in place, donate the state to the jitted step (``jax.jit(train_step,
 donate_argnums=0)``); without donation XLA must keep the old buffers and copies them.

@@ -43,8 +43,8 @@ import jax.numpy as jnp
 import optax
 
 from adamjax import _validate
+from adamjax._tree import float32_low_precision, is_low_precision, require_params
 from adamjax.base import GradientTransformation, GradientTransformationExtraArgs
-from adamjax.rounding import _float32_low_precision, _is_low_precision, _require_params
 
 __all__ = ["KahanSummationState", "kahan_summation"]
 
@@ -125,13 +125,13 @@ def kahan_summation(inner: GradientTransformation) -> GradientTransformation:
     inner = optax.with_extra_args_support(inner)
 
     def init(params):
-        comp = jax.tree.map(lambda p: jnp.zeros_like(p) if _is_low_precision(p) else None, params)
+        comp = jax.tree.map(lambda p: jnp.zeros_like(p) if is_low_precision(p) else None, params)
         return KahanSummationState(inner=inner.init(params), compensation=comp)
 
     def update(updates, state, params=None, **extra):
         _validate.check_gradients("kahan_summation", updates, params)
-        _require_params("kahan_summation", params, "compensate their rounding")
-        u, inner_state = inner.update(_float32_low_precision(updates), state.inner, params, **extra)
+        require_params("kahan_summation", params, "compensate their rounding")
+        u, inner_state = inner.update(float32_low_precision(updates), state.inner, params, **extra)
         leaves, treedef = jax.tree.flatten(params)
         u_leaves = treedef.flatten_up_to(u)
         c_leaves = treedef.flatten_up_to(state.compensation)

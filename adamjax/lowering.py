@@ -25,7 +25,8 @@ per element, with :math:`t` the step and :math:`c_i = 1 - \beta_i^t` (1 without
 
 (AdamW: Loshchilov & Hutter, ICLR 2019, Algorithm 2, with :math:`\eta_t = \alpha_t`.)
 
-The kernel runs when, at trace time: ``implementation`` is not ``"jax"``; the default
+The kernel runs when (:func:`kernel_gate` decides, for an alias and a chain by hand alike),
+at trace time: ``implementation`` is not ``"jax"``; the default
 backend is the CPU with a single CPU device (XLA's SPMD partitioner would replicate a
 custom call over a mesh) and 64-bit mode is off; the configuration is one the kernel has
 (``eps_root`` the number 0, a first moment stored, moments stored as float32 or
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import numbers
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,12 +64,18 @@ import numpy as np
 import optax
 from jax.custom_derivatives import SymbolicZero
 
-from adamjax import _validate, quantize
+from adamjax import _validate, native, quantize
+from adamjax._tree import mask_tree
 from adamjax.base import GradientTransformationExtraArgs, apply_updates, safe_increment
+from adamjax.bias import bias_correct
+from adamjax.lr import scale_by_lr
+from adamjax.moments import scale_by_moments
+from adamjax.native import Hyper
+from adamjax.precondition import precondition
 from adamjax.spec import Spec, spec_of
 from adamjax.step import FusedTransformation, apply_gradients
 
-__all__ = ["chain"]
+__all__ = ["Verdict", "chain", "kernel_gate"]
 
 _IMPLEMENTATIONS = ("auto", "jax", "native")
 _F32 = jnp.dtype(jnp.float32)
@@ -131,15 +139,159 @@ def chain(*transforms: Any, implementation: str = "auto") -> GradientTransformat
     pure = optax.chain(*transforms)
     if implementation == "jax":
         return pure
-    plan, why = _match(transforms)
-    if plan is None:
-        if implementation == "native":
-            raise ValueError(
-                f"implementation='native' cannot run this chain: {why}. Use 'auto' to run "
-                "it as written."
-            )
+    verdict = kernel_gate(transforms, implementation=implementation)
+    if verdict.plan is None:
+        if implementation == "native" and verdict.error is not None:
+            raise verdict.error
         return pure
-    return _lowered(plan, pure, implementation == "native")
+    return _lowered(transforms, pure, implementation == "native")
+
+
+# ----------------------------------------------------------------------------------------
+# The gate: the one place that decides whether the kernel runs a chain, and a step of it.
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer of :func:`kernel_gate`.
+
+    Attributes:
+      plan: the recognised chain (its algorithm and its parts' specs), or None when the
+        chain is not one the kernel has.
+      why: None when the kernel runs it; else why not, in words.
+      error: what ``implementation="native"`` raises instead of running the chain (None
+        when "native" runs the chain too: nothing for the kernel to do, or the chain
+        itself reports what is missing).
+      step: for a step that the kernel runs, its leaves and scalars (internal).
+    """
+
+    plan: _Plan | None
+    why: str | None = None
+    error: Exception | None = None
+    step: _Step | None = None
+
+    @property
+    def runs(self) -> bool:
+        """Whether the kernel runs it."""
+        return self.why is None
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One step's inputs as the kernel takes them (lists of leaves) and its scalars."""
+
+    treedef: Any
+    g: list
+    mu: list
+    nu: list
+    p: list | None
+    values: dict[str, Any]
+    flags: tuple[bool, ...] | None
+    new_lr_state: Any
+    new_wd_state: tuple
+
+
+def kernel_gate(
+    transforms: Any,
+    grads: Any = None,
+    state: Any = None,
+    params: Any = None,
+    *,
+    mode: str = "apply",
+    implementation: str = "auto",
+) -> Verdict:
+    """Whether the native kernel runs this chain (with these leaves), and if not, why.
+
+    The one place where the rules of the module docstring are decided: :func:`chain` (and
+    so every alias built on it) asks it when it is built, and its lowered ``update`` and
+    fused apply ask it again at trace time, with the step's arrays.
+
+    Args:
+      transforms: the chain's parts, as given to :func:`chain`.
+      grads, state, params: a step's gradients, the chain's state and the parameters (or
+        None). Without ``grads`` the answer is about the chain alone (its parts, their
+        hyperparameters as given and the moments' storage); with them, also about this
+        process (the CPU backend, one CPU device, 64-bit mode off, the library loaded and
+        checked) and the step's leaves and array hyperparameters.
+      mode: ``"apply"`` (the fused apply of :func:`adamjax.apply_gradients`, which reads
+        the parameters) or ``"update"``.
+      implementation: ``"native"`` asks for the kernel's call on any backend (it lowers to
+        the chain off the CPU); ``"auto"`` for the kernel on the CPU only.
+
+    Returns:
+      A :class:`Verdict`: ``runs`` True, or ``why`` not and the error
+      ``implementation="native"`` raises.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import adamjax
+      >>> from adamjax.lowering import kernel_gate
+      >>> parts = [adamjax.scale_by_moments(0.9, 0.999, mu_dtype=jnp.bfloat16),
+      ...          adamjax.bias_correct(), adamjax.precondition(1e-8, eps_root=1e-8),
+      ...          adamjax.scale_by_lr(1e-3)]
+      >>> kernel_gate(parts).why
+      'eps_root=1e-08 (the kernel has no epsilon inside the root)'
+    """
+    plan, why = _match(tuple(transforms))
+    if plan is None:
+        message = f"implementation='native' cannot run this chain: {why}. Use 'auto' to run "
+        return Verdict(None, why, ValueError(message + "it as written."))
+    if grads is None:
+        return Verdict(plan)
+    force = implementation == "native"
+    if not force and jax.default_backend() != "cpu":
+        return Verdict(plan, f"the default backend is {jax.default_backend()}, not the CPU", None)
+    if jnp.result_type(float) == jnp.float64:  # the chain would compute some terms in f64
+        x64 = ValueError("implementation='native' needs 64-bit mode (jax_enable_x64) off.")
+        return Verdict(plan, "64-bit mode (jax_enable_x64) is on", x64)
+    ms = state[0]
+    _validate.check_gradients(
+        plan.algo,
+        grads,
+        params,
+        state={
+            "the optimizer state's first moment m": ms.mu,
+            "the optimizer state's second moment v": ms.nu,
+        },
+    )
+    reads_params = mode == "apply" or plan.decay is not None
+    if reads_params and params is None:
+        return Verdict(plan, "the parameters (not given)", None)  # the chain says so
+    g, flat_def = jax.tree.flatten(grads)
+    treedef: Any = flat_def
+    mu, nu = treedef.flatten_up_to(ms.mu), treedef.flatten_up_to(ms.nu)
+    p = treedef.flatten_up_to(params) if reads_params else None
+    lr, new_lr_state = _scheduled(plan.lr.hyper["learning_rate"], state[-1])
+    flags: tuple[bool, ...] | None = None
+    new_wd_state: tuple = ()
+    why_not: tuple[str, type[Exception]] | None = None
+    if plan.decay is None:
+        values = plan.values(lr)
+    else:
+        wd, wd_state = _scheduled(plan.decay.hyper["weight_decay"], state[-2])
+        new_wd_state = (wd_state,)
+        values = plan.values(lr, wd)
+        flags, why_mask = _decay_flags(plan.decay.options["mask"], params, treedef)
+        why_not = None if why_mask is None else (why_mask, TypeError)
+    why_not = why_not or _why_not_here(plan, values, g, mu, nu, p)
+    if why_not is None and sum(jnp.size(x) for x in g) == 0:
+        return Verdict(plan, "no elements to compute", None)
+    if why_not is not None:
+        text, kind = why_not
+        return Verdict(plan, f"needs {text}", kind(f"implementation='native' needs {text}."))
+    if not native.ready():
+        reason = native.native_info()["reason"]
+        error = RuntimeError(
+            f"implementation='native' but the native kernel is unavailable: {reason}"
+        )
+        return Verdict(plan, f"the native kernel is unavailable: {reason}", error)
+    if plan.int8 and any(isinstance(m, quantize.QuantizedArray) for m in mu):
+        why_8bit = _quantized_kernel_check()
+        if why_8bit is not None:
+            error = RuntimeError(f"implementation='native': the 8-bit kernel {why_8bit}")
+            return Verdict(plan, f"the 8-bit kernel {why_8bit}", error)
+    step = _Step(treedef, g, mu, nu, p, values, flags, new_lr_state, new_wd_state)
+    return Verdict(plan, step=step)
 
 
 # ----------------------------------------------------------------------------------------
@@ -235,7 +387,7 @@ def _match(transforms: tuple) -> tuple[_Plan | None, str]:
 # The lowered transformation.
 
 
-def _lowered(plan: _Plan, pure: Any, force: bool) -> FusedTransformation:
+def _lowered(transforms: tuple, pure: Any, force: bool) -> FusedTransformation:
     # ``update`` runs the kernel's update form only when asked (``"native"``): it has to
     # write the update to a buffer of its own, which XLA:CPU allocates afresh every step,
     # while the chain fuses with the caller's apply_updates into one pass without it.
@@ -247,13 +399,15 @@ def _lowered(plan: _Plan, pure: Any, force: bool) -> FusedTransformation:
     # bytes per parameter, where the XLA-compiled chain decodes and encodes the blocks
     # through long select chains many times slower (docs/fast-paths.md).
     def fused_apply(grads, state, params):
-        return _maybe_native("apply", plan, force, grads, state, params)
+        return _maybe_native("apply", transforms, force, grads, state, params)
 
+    plan = kernel_gate(transforms).plan
+    assert plan is not None
     if not (force or plan.int8):
         return FusedTransformation(pure.init, pure.update, fused_apply)
 
     def update(updates, state, params=None, **extra_args):
-        out = _maybe_native("update", plan, force, updates, state, params)
+        out = _maybe_native("update", transforms, force, updates, state, params)
         if out is None:
             return pure.update(updates, state, params, **extra_args)
         return out
@@ -310,78 +464,30 @@ def _quantized_like(s: Any, shape: tuple) -> bool:
     )
 
 
-def _maybe_native(mode: str, plan: _Plan, force: bool, grads, state, params):
+def _maybe_native(mode: str, transforms: tuple, force: bool, grads, state, params):
     """The step (``update``'s or the fused apply's result) from the kernel, or None when
-    it does not run here (``force``: raise instead)."""
-    if not force and jax.default_backend() != "cpu":
+    :func:`kernel_gate` says it does not run here (``force``: raise its error instead)."""
+    impl = "native" if force else "auto"
+    verdict = kernel_gate(transforms, grads, state, params, mode=mode, implementation=impl)
+    if not verdict.runs:
+        if force and verdict.error is not None:
+            raise verdict.error
         return None
-    if jnp.result_type(float) == jnp.float64:  # the chain would compute some terms in f64
-        if force:
-            raise ValueError("implementation='native' needs 64-bit mode (jax_enable_x64) off.")
-        return None
+    plan, st = verdict.plan, verdict.step
+    assert plan is not None and st is not None
     ms = state[0]
-    _validate.check_gradients(
-        plan.algo,
-        grads,
-        params,
-        state={
-            "the optimizer state's first moment m": ms.mu,
-            "the optimizer state's second moment v": ms.nu,
-        },
-    )
-    reads_params = mode == "apply" or plan.decay is not None
-    if reads_params and params is None:
-        return None  # the chain says what is missing
-    g, flat_def = jax.tree.flatten(grads)
-    treedef: Any = flat_def
-    mu, nu = treedef.flatten_up_to(ms.mu), treedef.flatten_up_to(ms.nu)
-    p = treedef.flatten_up_to(params) if reads_params else None
-    lr, new_lr_state = _scheduled(plan.lr.hyper["learning_rate"], state[-1])
-    flags: tuple[bool, ...] | None = None
-    new_wd_state: tuple = ()
-    why: tuple[str, type[Exception]] | None = None
-    if plan.decay is None:
-        values = plan.values(lr)
-    else:
-        wd, wd_state = _scheduled(plan.decay.hyper["weight_decay"], state[-2])
-        new_wd_state = (wd_state,)
-        values = plan.values(lr, wd)
-        flags, why_mask = _decay_flags(plan.decay.options["mask"], params, treedef)
-        why = None if why_mask is None else (why_mask, TypeError)
-    why = why or _why_not_here(plan, values, g, mu, nu, p)
-    if why is None and sum(jnp.size(x) for x in g) == 0:
-        return None  # nothing to compute
-    if why is not None:
-        if force:
-            raise why[1](f"implementation='native' needs {why[0]}.")
-        return None
-    from adamjax import native
-
-    if not native.ready():
-        if force:
-            raise RuntimeError(
-                "implementation='native' but the native kernel is unavailable: "
-                f"{native.native_info()['reason']}"
-            )
-        return None
-    if plan.int8 and any(isinstance(m, quantize.QuantizedArray) for m in mu):
-        why_8bit = _quantized_kernel_check()
-        if why_8bit is not None:
-            if force:
-                raise RuntimeError(f"implementation='native': the 8-bit kernel {why_8bit}")
-            return None
-    static = {k: x for k, x in values.items() if not isinstance(x, jax.Array)}
-    dynamic = {k: x for k, x in values.items() if isinstance(x, jax.Array)}
-    step = _custom_step(mode, plan, static, flags)
-    first, new_mu, new_nu = step(dynamic, p or [], g, mu, nu, ms.count)
+    static = {k: x for k, x in st.values.items() if not isinstance(x, jax.Array)}
+    dynamic = {k: x for k, x in st.values.items() if isinstance(x, jax.Array)}
+    step = _custom_step(mode, plan, static, st.flags)
+    first, new_mu, new_nu = step(dynamic, st.p or [], st.g, st.mu, st.nu, ms.count)
     new_ms = ms._replace(
         count=safe_increment(ms.count),
-        mu=treedef.unflatten(new_mu),
-        nu=treedef.unflatten(new_nu),
+        mu=st.treedef.unflatten(new_mu),
+        nu=st.treedef.unflatten(new_nu),
     )
-    kept = state[1 : len(state) - 1 - len(new_wd_state)]
-    new_state = type(state)((new_ms, *kept, *new_wd_state, new_lr_state))
-    return treedef.unflatten(first), new_state
+    kept = state[1 : len(state) - 1 - len(st.new_wd_state)]
+    new_state = type(state)((new_ms, *kept, *st.new_wd_state, st.new_lr_state))
+    return st.treedef.unflatten(first), new_state
 
 
 def _scheduled(value: Any, state: Any) -> tuple[Any, Any]:
@@ -398,10 +504,8 @@ def _decay_flags(mask: Any, params: Any, treedef: Any) -> tuple[Any, str | None]
     leaves are not static booleans: the chain then runs as written)."""
     if mask is None:
         return (True,) * treedef.num_leaves, None
-    from adamjax.weight_decay import _mask_tree
-
     try:
-        leaves = treedef.flatten_up_to(_mask_tree(mask, params))
+        leaves = treedef.flatten_up_to(mask_tree(mask, params))
     except ValueError:  # the chain raises its own error about the mask
         return None, "a mask with the structure of the parameters"
     flags = []
@@ -433,8 +537,6 @@ def _hyper(plan: _Plan, v: dict[str, Any], old_count: jax.Array):
     """The kernel's scalars, computed with the chain's own expressions so that they are
     the same bits (XLA turns the chain's ``m / c`` into ``m * (1 / c)``); AdamW's hold the
     weight decay too."""
-    from adamjax.native import Hyper
-
     count = safe_increment(old_count)
     one = jnp.ones([], jnp.float32)
     inv_c1 = inv_c2 = one
@@ -474,8 +576,6 @@ def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], flags: Any) -> 
         return list(first), list(new[0].mu), list(new[0].nu)
 
     def run(algo, hyper, dynamic, p, g, mu, nu, count, mask):
-        from adamjax import native
-
         reads_p = mode == "apply" or algo == "adamw"
 
         def fallback(leaves):
@@ -609,8 +709,6 @@ def _quantized_kernel_check() -> str | None:
             why = f"failed its check: {type(e).__name__}: {e}"
         _CHECK["why"] = why
     if why is not None:
-        import warnings
-
         warnings.warn(
             f"adamjax: the native 8-bit-state kernel {why}; 8-bit steps run the pure-JAX "
             "chain (same results, slower).",
@@ -621,35 +719,27 @@ def _quantized_kernel_check() -> str | None:
 
 
 def _compare_quantized_steps() -> str | None:
-    from adamjax import native
-    from adamjax.aliases import adam
-
+    """Adam's chain with 8-bit moments, lowered onto the kernel and as written, through
+    :func:`adamjax.native.quantized_self_test` on two full blocks and a tail."""
     if not native.quantized_available():
         return (
             "is missing from the compiled library (built before it was added: rebuild "
             "adamjax, e.g. `python setup.py build_ext --inplace`)"
         )
 
-    with jax.ensure_compile_time_eval():
-        cpu = jax.devices("cpu")[0]
-        rng = np.random.default_rng(0)
-        n = 2 * quantize.BLOCK_SIZE + 5  # two full blocks and a tail
-        p = jax.device_put(rng.standard_normal(n).astype(np.float32), cpu)
-        opts = [adam(1e-3, state_dtype="int8", implementation=i) for i in ("native", "jax")]
-        steps = [jax.jit(lambda g, s, p, o=o: apply_gradients(o, g, s, p)) for o in opts]
-        states = [o.init(p) for o in opts]
-        ps = [p, p]
-        for t in range(3):
-            scale = 10.0 ** rng.integers(-7, 2, size=n)
-            g = (rng.standard_normal(n) * scale).astype(np.float32)
-            if t == 1:
-                g[7] = np.nan  # a non-finite block: NaN scale, codes of NaN
-            g = jax.device_put(g, cpu)
-            outs = [step(g, st, q) for step, st, q in zip(steps, states, ps, strict=True)]
-            a, b = (jax.tree.leaves(o) for o in outs)
-            for x, y in zip(a, b, strict=True):
-                if not np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True):
-                    return f"differs from the XLA-compiled chain at step {t + 1}"
-            ps = [o[0] for o in outs]
-            states = [o[1] for o in outs]
-    return None
+    def adam_int8(implementation: str) -> Any:  # adamjax.adam(1e-3, state_dtype="int8")
+        return chain(
+            scale_by_moments(0.9, 0.999, state_dtype="int8"),
+            bias_correct(),
+            precondition(1e-8),
+            scale_by_lr(1e-3),
+            implementation=implementation,
+        )
+
+    kernel, written = adam_int8("native"), adam_int8("jax")
+    return native.quantized_self_test(
+        lambda g, s, p: apply_gradients(kernel, g, s, p),
+        lambda g, s, p: apply_gradients(written, g, s, p),
+        kernel.init,
+        2 * quantize.BLOCK_SIZE + 5,
+    )

@@ -31,30 +31,10 @@ import jax
 import jax.numpy as jnp
 
 from adamjax import _validate
+from adamjax._tree import LOW_PRECISION, float32_low_precision, require_params
 from adamjax.base import GradientTransformation
 
 __all__ = ["StochasticRoundingState", "stochastic_round", "stochastic_rounding"]
-
-_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-
-
-def _is_low_precision(x: Any) -> bool:
-    """Whether ``x`` is a bfloat16/float16 array (``None`` is not)."""
-    return x is not None and jnp.result_type(x) in _LOW_PRECISION
-
-
-def _float32_low_precision(tree: Any) -> Any:
-    """``tree`` with its bfloat16/float16 leaves widened to float32 (the inner optimizer's
-    gradients, so that it computes in float32)."""
-    return jax.tree.map(lambda g: g.astype(jnp.float32) if _is_low_precision(g) else g, tree)
-
-
-def _require_params(name: str, params: Any, purpose: str) -> None:
-    if params is None:
-        raise ValueError(
-            f"{name}: update needs the parameters (update(grads, state, params)) to "
-            f"{purpose}; pass params."
-        )
 
 
 def stochastic_round(x: jax.Array, key: jax.Array, dtype: Any = jnp.bfloat16) -> jax.Array:
@@ -123,8 +103,8 @@ def stochastic_rounding(inner: GradientTransformation, key: Any) -> GradientTran
 
     def update(updates, state, params=None, **extra):
         _validate.check_gradients("stochastic_rounding", updates, params)
-        _require_params("stochastic_rounding", params, "round their new values")
-        u, inner_state = inner.update(_float32_low_precision(updates), state.inner, params, **extra)
+        require_params("stochastic_rounding", params, "round their new values")
+        u, inner_state = inner.update(float32_low_precision(updates), state.inner, params, **extra)
         key, sub = jax.random.split(state.key)
         leaves, treedef = jax.tree.flatten(params)
         keys = jax.random.split(sub, max(1, len(leaves)))
@@ -132,7 +112,7 @@ def stochastic_rounding(inner: GradientTransformation, key: Any) -> GradientTran
 
         def one(p, du, k):
             dt = jnp.result_type(p)
-            if dt not in _LOW_PRECISION:
+            if dt not in LOW_PRECISION:
                 return du
             new = stochastic_round(p.astype(jnp.float32) + du.astype(jnp.float32), k, dt)
             return (new.astype(jnp.float32) - p.astype(jnp.float32)).astype(dt)

@@ -11,20 +11,10 @@ import jax
 import jax.numpy as jnp
 
 from adamjax import _validate
+from adamjax._tree import mask_tree
 from adamjax.base import EmptyState, GradientTransformation, expect_updates, safe_increment
 from adamjax.lr import ScheduleState
 from adamjax.spec import Primitive, Spec
-
-
-def _mask_tree(mask: Any, params: Any) -> Any:
-    tree = mask(params) if callable(mask) else mask
-    try:
-        return jax.tree.map(lambda m, p: m, tree, params, is_leaf=lambda x: x is None)
-    except ValueError as err:
-        raise ValueError(
-            "add_decayed_weights: mask must have the structure of the parameters (a tree of "
-            f"booleans, or a function of the parameters that returns one): {err}"
-        ) from err
 
 
 def add_decayed_weights(
@@ -91,7 +81,7 @@ def add_decayed_weights(
 
         if mask is None:
             return jax.tree.map(decay, updates, params), state
-        m = _mask_tree(mask, params)
+        m = mask_tree(mask, params)
         return jax.tree.map(decay, updates, params, m), state
 
     spec = Spec(fn, {"weight_decay": weight_decay}, {"mask": mask}, add_decayed_weights)

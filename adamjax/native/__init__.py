@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from adamjax.native import _calls, _library, _selftest
 from adamjax.native._library import LIB
-from adamjax.native._selftest import Hyper
+from adamjax.native._selftest import Hyper, quantized_self_test
 
 __all__ = [
     "Hyper",
@@ -49,13 +49,10 @@ __all__ = [
     "native_available",
     "native_info",
     "quantized_available",
+    "quantized_self_test",
     "quantized_step",
     "ready",
-    "supported",
 ]
-
-_F32 = jnp.dtype(jnp.float32)
-_STATE_DTYPES = (_F32, jnp.dtype(jnp.bfloat16))
 
 Leaves = Sequence[Any]
 Fallback = Callable[..., list]
@@ -87,7 +84,12 @@ def ready() -> bool:
 
 def native_info() -> dict[str, Any]:
     """What the native path is: availability, the reason if off, library, instruction set,
-    whether XLA here contracts FMAs and whether the kernel models its rounding exactly."""
+    whether XLA here contracts FMAs and whether the kernel models its rounding exactly.
+
+    Whether a given chain and step run on the kernel (its parts, the leaves' dtypes, the
+    backend, and this library's availability reported here) is decided in one place,
+    :func:`adamjax.lowering.kernel_gate`, whose answer says why not.
+    """
     available = native_available()
     return {
         "available": available,
@@ -97,17 +99,6 @@ def native_info() -> dict[str, Any]:
         "fma_contraction": LIB.contract,
         "bitwise_equal_to_xla": LIB.bitwise,
     }
-
-
-def supported(grads: Any, m: Any, v: Any, params: Any = None) -> bool:
-    """Whether the kernel takes these arrays: float32 grads (and params), float32 or
-    bfloat16 moments, all of one shape."""
-    shape = jnp.shape(grads)
-    if jnp.result_type(grads) != _F32:
-        return False
-    if params is not None and (jnp.result_type(params) != _F32 or jnp.shape(params) != shape):
-        return False
-    return all(jnp.result_type(s) in _STATE_DTYPES and jnp.shape(s) == shape for s in (m, v))
 
 
 def _run(
@@ -152,10 +143,10 @@ def _run(
 def adam_update(grads: Leaves, m: Leaves, v: Leaves, hyper: Hyper, *, fallback: Fallback):
     """One Adam step per leaf in update form: ``[(u, m, v), ...]`` with ``u = neg_lr * d``.
 
-    ``grads``, ``m``, ``v``: sequences of arrays, leaf ``k`` of one shape (see
-    :func:`supported`); ``hyper``: the step's scalars. ``fallback(leaves)`` takes the list of
-    ``(g, m, v)`` and returns the same as this function: it runs on platforms other than the
-    CPU. Call only when :func:`native_available`.
+    ``grads``, ``m``, ``v``: sequences of arrays, leaf ``k`` of one shape (float32
+    gradients, float32 or bfloat16 moments); ``hyper``: the step's scalars.
+    ``fallback(leaves)`` takes the list of ``(g, m, v)`` and returns the same as this
+    function: it runs on platforms other than the CPU. Call only when :func:`native_available`.
     """
     return _run("adam", "update", list(zip(grads, m, v, strict=True)), hyper, fallback)
 

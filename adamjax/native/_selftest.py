@@ -3,10 +3,13 @@
 The kernel copies the rounding of XLA's CPU code: whether LLVM contracts ``a * b + c``
 into one FMA inside a fusion. :func:`xla_rounding` measures it once; :func:`self_test`
 then runs one tiny native step against :func:`reference`, the kernel's formula in JAX.
+:func:`quantized_self_test` checks the 8-bit kernel the same way, against the steps its
+caller passes (the chain as XLA compiles it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -152,3 +155,44 @@ def self_test() -> bool:
         ok = False
         LIB.reason = f"its self-test failed: {type(e).__name__}: {e}"
     return ok
+
+
+def quantized_self_test(
+    native_step: Callable[[Any, Any, Any], Any],
+    reference_step: Callable[[Any, Any, Any], Any],
+    init: Callable[[Any], Any],
+    size: int,
+) -> str | None:
+    """Why the 8-bit kernel must not run here, or None: a few steps of ``native_step``
+    against ``reference_step``, bit for bit, before the first 8-bit step.
+
+    The 8-bit kernel copies what XLA's CPU compiler makes of the block-wise quantization
+    (the reciprocal it multiplies by for ``/ 0.9`` and ``/ scale``, its FMA contractions,
+    NaN -> 0 in float -> int conversions), which no formula of this package states: the
+    caller passes its own steps, ``step(grads, state, params) -> (params, state)``, the
+    kernel's (``native_step``) and the XLA-compiled chain's (``reference_step``), with the
+    state's ``init(params)``. Both are jitted here and run three steps on ``size`` float32
+    parameters (the caller picks two full blocks and a tail) with gradients over nine
+    decades, the second holding a NaN (a non-finite block: NaN scale, codes of NaN).
+    """
+    with jax.ensure_compile_time_eval():
+        cpu = jax.devices("cpu")[0]
+        rng = np.random.default_rng(0)
+        p = jax.device_put(rng.standard_normal(size).astype(np.float32), cpu)
+        steps = [jax.jit(step) for step in (native_step, reference_step)]
+        states = [init(p), init(p)]
+        ps = [p, p]
+        for t in range(3):
+            scale = 10.0 ** rng.integers(-7, 2, size=size)
+            g = (rng.standard_normal(size) * scale).astype(np.float32)
+            if t == 1:
+                g[7] = np.nan
+            g = jax.device_put(g, cpu)
+            outs = [step(g, st, q) for step, st, q in zip(steps, states, ps, strict=True)]
+            a, b = (jax.tree.leaves(o) for o in outs)
+            for x, y in zip(a, b, strict=True):
+                if not np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True):
+                    return f"differs from the XLA-compiled chain at step {t + 1}"
+            ps = [o[0] for o in outs]
+            states = [o[1] for o in outs]
+    return None
