@@ -7,6 +7,7 @@ hyperparameters may be Python numbers (validated) or JAX arrays (possibly traced
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from adamjax import _validate
@@ -25,9 +26,32 @@ from adamjax.weight_decay import add_decayed_weights
 __all__ = ["adamw", "amsgrad", "nadam", "nadamw", "radam"]
 
 
-def _moments(fn: str, learning_rate, b1, b2, state_dtype, mu_dtype, nu_dtype):
+def _adam_like(
+    fn: str,
+    learning_rate: Any,
+    b1: Any,
+    b2: Any,
+    storage: dict[str, Any],
+    steps: Callable[[], list[GradientTransformation]],
+    implementation: str = "auto",
+) -> GradientTransformation:
+    """Every alias here: ``chain(scale_by_moments, *steps(), scale_by_lr)``, updates kept in
+    the gradients' dtype.
+
+    ``storage`` holds the moments' storage dtypes (``scale_by_moments``' keywords), so a new
+    storage option passes through here once. ``steps`` builds the alias's own middle of the
+    chain; it is called after the moments are built, so the arguments are validated in the
+    chain's order, as when each alias wrote its chain out.
+    """
     _validate.check_learning_rate(fn, learning_rate)
-    return scale_by_moments(b1, b2, state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+    moments = scale_by_moments(b1, b2, **storage)  # m_t, v_t
+    opt = chain(
+        moments,
+        *steps(),
+        scale_by_lr(learning_rate),  # theta_t = theta_{t-1} - alpha_t * ...
+        implementation=implementation,
+    )
+    return keep_gradient_dtype(opt, fn)
 
 
 def adamw(
@@ -86,15 +110,16 @@ def adamw(
     """
     _validate.check_bool("adamw", "nesterov", nesterov)
     correct = bias_correct_nesterov() if nesterov else bias_correct()
-    opt = chain(
-        _moments("adamw", learning_rate, b1, b2, state_dtype, mu_dtype, nu_dtype),  # m_t, v_t
-        correct,  # m_hat_t, v_hat_t (from the estimator's b1, b2)
-        precondition(eps, eps_root),  # m_hat_t / (sqrt(v_hat_t) + eps)
-        add_decayed_weights(weight_decay, mask),  # ... + lambda * theta_{t-1}
-        scale_by_lr(learning_rate),  # theta_t = theta_{t-1} - alpha_t * ...
-        implementation=implementation,
-    )
-    return keep_gradient_dtype(opt, "adamw")
+    storage = dict(state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+
+    def steps() -> list[GradientTransformation]:
+        return [
+            correct,  # m_hat_t, v_hat_t (from the estimator's b1, b2)
+            precondition(eps, eps_root),  # m_hat_t / (sqrt(v_hat_t) + eps)
+            add_decayed_weights(weight_decay, mask),  # ... + lambda * theta_{t-1}
+        ]
+
+    return _adam_like("adamw", learning_rate, b1, b2, storage, steps, implementation)
 
 
 def nadamw(
@@ -173,14 +198,16 @@ def amsgrad(
     correct = []
     if bias_correction_mu or bias_correction_nu:  # m_hat_t, v_hat_t
         correct = [bias_correct(mu=bias_correction_mu, nu=bias_correction_nu)]
-    opt = chain(
-        _moments("amsgrad", learning_rate, b1, b2, state_dtype, mu_dtype, nu_dtype),  # m, v
-        *correct,
-        keep_max_nu(nu_dtype=nu_dtype if nu_dtype is not None else state_dtype),  # max(.)
-        precondition(eps, eps_root),  # m_hat_t / (sqrt(vmax_t) + eps)
-        scale_by_lr(learning_rate),
-    )
-    return keep_gradient_dtype(opt, "amsgrad")
+    storage = dict(state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+
+    def steps() -> list[GradientTransformation]:
+        return [
+            *correct,
+            keep_max_nu(nu_dtype=nu_dtype if nu_dtype is not None else state_dtype),  # max(.)
+            precondition(eps, eps_root),  # m_hat_t / (sqrt(vmax_t) + eps)
+        ]
+
+    return _adam_like("amsgrad", learning_rate, b1, b2, storage, steps)
 
 
 def nadam(
@@ -206,13 +233,15 @@ def nadam(
     :math:`\mu_t = \beta_1(1 - \frac12 0.96^{0.004 t})`, which never equals :math:`\beta_1`:
     its steps differ from these (see ``docs/optimizers.md``).
     """
-    opt = chain(
-        _moments("nadam", learning_rate, b1, b2, state_dtype, mu_dtype, nu_dtype),  # m_t, v_t
-        bias_correct_nesterov(),  # Nesterov look-ahead m_hat_t, v_hat_t
-        precondition(eps, eps_root),  # m_hat_t / (sqrt(v_hat_t) + eps)
-        scale_by_lr(learning_rate),
-    )
-    return keep_gradient_dtype(opt, "nadam")
+    storage = dict(state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+
+    def steps() -> list[GradientTransformation]:
+        return [
+            bias_correct_nesterov(),  # Nesterov look-ahead m_hat_t, v_hat_t
+            precondition(eps, eps_root),  # m_hat_t / (sqrt(v_hat_t) + eps)
+        ]
+
+    return _adam_like("nadam", learning_rate, b1, b2, storage, steps)
 
 
 def radam(
@@ -238,10 +267,13 @@ def radam(
     """
     _validate.check_bool("radam", "nesterov", nesterov)
     correct = bias_correct_nesterov() if nesterov else bias_correct()
-    opt = chain(
-        _moments("radam", learning_rate, b1, b2, state_dtype, mu_dtype, nu_dtype),  # m_t, v_t
-        correct,  # m_hat_t, v_hat_t
-        precondition_rectified(eps, eps_root, threshold),  # r_t m_hat/(sqrt(v_hat)+eps) or m_hat
-        scale_by_lr(learning_rate),
-    )
-    return keep_gradient_dtype(opt, "radam")
+    storage = dict(state_dtype=state_dtype, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+
+    def steps() -> list[GradientTransformation]:
+        return [
+            correct,  # m_hat_t, v_hat_t
+            # r_t m_hat_t / (sqrt(v_hat_t) + eps), or m_hat_t while rho_t < threshold
+            precondition_rectified(eps, eps_root, threshold),
+        ]
+
+    return _adam_like("radam", learning_rate, b1, b2, storage, steps)
