@@ -1,4 +1,4 @@
-"""Shared helpers for the core tests: run an optimizer over a gradient sequence."""
+"""Shared helpers for the core tests: run an optimizer over a gradient sequence, compare trees."""
 
 from __future__ import annotations
 
@@ -34,13 +34,14 @@ def gradient_sequence(rng: np.random.Generator, tree, steps: int, dtype=np.float
     return jax.tree.map(leaf, tree)
 
 
-def run(opt, params, grads_seq, *, jit: bool = True):
-    """Apply ``opt`` for every step of ``grads_seq``; return params after each step."""
+def run(opt, params, grads_seq, *, jit: bool = True, apply=adamjax.apply_updates):
+    """Apply ``opt`` for every step of ``grads_seq`` (a leading time axis), ``update`` then
+    ``apply`` (e.g. ``optax.apply_updates``) in a ``lax.scan``; return params after each step."""
 
     def body(carry, g):
         p, s = carry
         u, s = opt.update(g, s, p)
-        p = adamjax.apply_updates(p, u)
+        p = apply(p, u)
         return (p, s), p
 
     def loop(params, grads_seq):
@@ -58,6 +59,41 @@ def run(opt, params, grads_seq, *, jit: bool = True):
         (p, state), _ = body((p, state), g)
         out.append(p)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
+
+
+def run_loop(opt, params, grads, *, jit: bool = False, apply=adamjax.apply_updates):
+    """``update`` then ``apply`` for each gradient tree of the list ``grads``, in a Python loop
+    (``update`` jitted if ``jit``); return the final params and optimizer state."""
+    update = jax.jit(opt.update) if jit else opt.update
+    state = opt.init(params)
+    for g in grads:
+        u, state = update(g, state, params)
+        params = apply(params, u)
+    return params, state
+
+
+def assert_trees_equal(actual, expected, what=""):
+    """The same tree structure and, leaf by leaf, the same dtype, shape and values (exactly,
+    as ``np.testing.assert_array_equal``: NaN equals NaN). Floats narrower than float32
+    (bfloat16, float16) are compared as float32, which holds them exactly; ``float0`` leaves
+    (tangents of integers) have no values to compare."""
+    assert jax.tree.structure(actual) == jax.tree.structure(expected), what
+    flat_a = jax.tree_util.tree_flatten_with_path(actual)[0]
+    for (path, x), y in zip(flat_a, jax.tree.leaves(expected), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        where = f"{what} {jax.tree_util.keystr(path)}".strip()
+        assert x.dtype == y.dtype and x.shape == y.shape, (
+            where,
+            x.dtype,
+            y.dtype,
+            x.shape,
+            y.shape,
+        )
+        if x.dtype == jax.dtypes.float0:
+            continue
+        if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize < 4:
+            x, y = x.astype(np.float32), y.astype(np.float32)
+        np.testing.assert_array_equal(x, y, err_msg=where)
 
 
 def assert_tree_close(actual, expected, rtol, atol):

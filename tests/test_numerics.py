@@ -9,14 +9,7 @@ import pytest
 
 import adamjax
 from tests import reference as ref
-
-
-def _steps(opt, params, grads_list):
-    state = opt.init(params)
-    for g in grads_list:
-        u, state = opt.update(g, state, params)
-        params = adamjax.apply_updates(params, u)
-    return params, state
+from tests.helpers import run_loop
 
 
 def test_state_dtype_bfloat16_storage_float32_math():
@@ -28,8 +21,8 @@ def test_state_dtype_bfloat16_storage_float32_math():
     assert state[0].mu["w"].dtype == jnp.bfloat16 and state[0].nu["w"].dtype == jnp.bfloat16
     u, _ = opt.update(grads[0], state, params)
     assert u["w"].dtype == jnp.float32  # math (and the update) in float32
-    p16, _ = _steps(opt, params, grads)
-    p32, _ = _steps(adamjax.adam(1e-2), params, grads)
+    p16, _ = run_loop(opt, params, grads)
+    p32, _ = run_loop(adamjax.adam(1e-2), params, grads)
     want = ref.adam(np.asarray(params["w"]), [np.asarray(g["w"]) for g in grads], 1e-2)[-1]
     np.testing.assert_allclose(p32["w"], want, atol=1e-5)
     # bfloat16 keeps 8 significant bits: each store of m or v rounds it by <= u = 2^-9
@@ -106,7 +99,7 @@ def test_complex_parameters_use_squared_modulus():
     opt = adamjax.adam(1e-2)
     state = opt.init({"w": jnp.asarray(w0)})
     assert state[0].nu["w"].dtype == jnp.float32 and state[0].mu["w"].dtype == jnp.complex64
-    p, _ = _steps(opt, {"w": jnp.asarray(w0)}, [{"w": jnp.asarray(g)} for g in gs])
+    p, _ = run_loop(opt, {"w": jnp.asarray(w0)}, [{"w": jnp.asarray(g)} for g in gs])
     # NumPy transcription with |g|^2 = g * conj(g).
     theta, m, v = w0.astype(np.complex128), np.zeros(5, complex), np.zeros(5)
     for t, g in enumerate(gs, start=1):

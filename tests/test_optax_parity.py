@@ -10,22 +10,9 @@ import optax
 import pytest
 
 import adamjax
-from tests.helpers import gradient_sequence, random_tree
+from tests.helpers import gradient_sequence, random_tree, run
 
 STEPS = 200
-
-
-def _run_optax_style(opt, params, grads, apply):
-    def body(carry, g):
-        p, s = carry
-        u, s = opt.update(g, s, p)
-        p = apply(p, u)
-        return (p, s), p
-
-    def loop(params, grads):
-        return jax.lax.scan(body, (params, opt.init(params)), grads)[1]
-
-    return jax.jit(loop)(params, grads)
 
 
 AGREE = [
@@ -55,8 +42,8 @@ def test_matches_optax(name, ours, theirs):
     with jax.enable_x64(True):
         params = random_tree(rng, np.float64)
         grads = gradient_sequence(rng, params, STEPS, np.float64)
-        got = _run_optax_style(ours, params, grads, adamjax.apply_updates)
-        want = _run_optax_style(theirs, params, grads, optax.apply_updates)
+        got = run(ours, params, grads, apply=adamjax.apply_updates)
+        want = run(theirs, params, grads, apply=optax.apply_updates)
         chex.assert_trees_all_close(got, want, rtol=1e-9, atol=1e-11)
 
 
