@@ -29,6 +29,7 @@ import adamjax
 import adamjax.sharding
 from adamjax import native
 from adamjax.step import FusedTransformation
+from tests.helpers import assert_trees_equal
 
 pytestmark = pytest.mark.skipif(
     not native.native_available() or jax.default_backend() != "cpu",
@@ -46,16 +47,6 @@ def params_tree(seed=0):
 
 def grads_at(params, t):
     return jax.tree.map(lambda x: jnp.sin(x * (t + 1)) * (0.1 + t), params)
-
-
-def assert_same(a, b, what=""):
-    assert jax.tree.structure(a) == jax.tree.structure(b), what
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        x, y = np.asarray(x), np.asarray(y)
-        assert x.dtype == y.dtype and x.shape == y.shape, what
-        if x.dtype == jax.dtypes.float0:  # the tangent of an integer
-            continue
-        np.testing.assert_array_equal(x.astype(np.float32), y.astype(np.float32), err_msg=what)
 
 
 def uses_kernel(fn, *args) -> bool:
@@ -219,11 +210,11 @@ def test_update_equals_the_chain_under_wrappers(name):
     if name in CONTEXT_ROUNDED:
         want = _reference_steps(name, params)
         for t, ((u, s), (wu, ws, bound)) in enumerate(zip(got, want, strict=True)):
-            assert_same((u, s.inner), (wu, ws.inner), f"{name}, step {t}")
+            assert_trees_equal((u, s.inner), (wu, ws.inner), f"{name}, step {t}")
             if name == "skip_nonfinite":
-                assert_same(s, ws, f"{name}, step {t}")
+                assert_trees_equal(s, ws, f"{name}, step {t}")
             else:  # the average: an EMA that XLA may contract into FMAs
-                assert_same(s.weight, jnp.asarray(ws.weight, jnp.float32))
+                assert_trees_equal(s.weight, jnp.asarray(ws.weight, jnp.float32))
                 leaves = (jax.tree.leaves(x) for x in (s.average, ws.average, bound))
                 for a, b, tol in zip(*leaves, strict=True):
                     a, b = np.asarray(a), np.asarray(b)
@@ -233,7 +224,7 @@ def test_update_equals_the_chain_under_wrappers(name):
     else:
         want, _, _ = run_updates(WRAPPED[name]("jax"), params)
         for t, (a, b) in enumerate(zip(got, want, strict=True)):
-            assert_same(a, b, f"{name}, step {t}")
+            assert_trees_equal(a, b, f"{name}, step {t}")
     assert uses_kernel(update, grads_at(params, 0), st, params), name
 
 
@@ -258,9 +249,9 @@ def test_apply_gradients_equals_update_plus_apply_updates(name):
         q, q_st = pure_step(g, st, p)
         fused = isinstance(opt, FusedTransformation) and name != "flat_layout"
         if fused:  # (flat_layout over several leaves splits and adds the kernel's updates)
-            assert_same((new_p, new_st), (q, q_st), f"{name}, step {t}")
+            assert_trees_equal((new_p, new_st), (q, q_st), f"{name}, step {t}")
         else:
-            assert_same((new_p, new_st), (want_p, want_st), f"{name}, step {t}")
+            assert_trees_equal((new_p, new_st), (want_p, want_st), f"{name}, step {t}")
         p, st = new_p, new_st
         if name in CONTEXT_ROUNDED:  # no fixed chain reference: see above
             continue
@@ -278,7 +269,7 @@ def test_zeroing_wrapper_moves_nothing():
     new_p, _ = jax.jit(lambda g, st, p: adamjax.apply_gradients(opt, g, st, p))(
         grads_at(params, 0), opt.init(params), params
     )
-    assert_same(new_p, params)
+    assert_trees_equal(new_p, params)
 
 
 def test_primitives_chained_by_hand_are_lowered_like_the_alias():
@@ -295,7 +286,7 @@ def test_primitives_chained_by_hand_are_lowered_like_the_alias():
     got, _, _ = run_updates(hand, params)
     want, _, _ = run_updates(adam("jax"), params)
     for a, b in zip(got, want, strict=True):
-        assert_same(a, b)
+        assert_trees_equal(a, b)
 
 
 @pytest.mark.parametrize(
@@ -352,7 +343,7 @@ def test_grad_through_update_is_the_chains():
     args = (jnp.float32(1e-2), grads_at(params, 3), st[0].mu, st, params)
     got = jax.jit(jax.grad(_loss_of_update("native"), argnums=(0, 1, 2)))(*args)
     want = jax.jit(jax.grad(_loss_of_update("jax"), argnums=(0, 1, 2)))(*args)
-    assert_same(got, want)
+    assert_trees_equal(got, want)
     # The meta-gradient with respect to the learning rate is not zero (the test can fail).
     assert float(got[0]) != 0.0
 
@@ -376,7 +367,7 @@ def test_grad_through_adamw_update_is_the_chains():
     args = (jnp.float32(1e-2), jnp.float32(0.1), grads_at(params, 3), params, st)
     got = jax.jit(jax.grad(loss_of("native"), argnums=(0, 1, 2, 3)))(*args)
     want = jax.jit(jax.grad(loss_of("jax"), argnums=(0, 1, 2, 3)))(*args)
-    assert_same(got, want)
+    assert_trees_equal(got, want)
     assert float(got[0]) != 0.0 and float(got[1]) != 0.0  # the test can fail
 
 
@@ -396,7 +387,7 @@ def test_jvp_through_update_is_the_chains():
         return jax.jit(f)
 
     got = jvp("native")(g, st, params, tangents)
-    assert_same(got, jvp("jax")(g, st, params, tangents))
+    assert_trees_equal(got, jvp("jax")(g, st, params, tangents))
     assert uses_kernel(
         lambda g: adamjax.adam(jnp.float32(1e-2), implementation="native").update(g, st, params),
         g,
@@ -423,7 +414,7 @@ def test_update_under_vmap_gives_each_config_its_own_chain():
     one = jax.jit(lambda lr, g, st, p: upd(lr, g, st, p, "jax"))
     for i in range(len(lrs)):
         want = one(lrs[i], jax.tree.map(lambda x, i=i: x[i], gs), st, params)
-        assert_same(jax.tree.map(lambda x, i=i: x[i], got), want, f"config {i}")
+        assert_trees_equal(jax.tree.map(lambda x, i=i: x[i], got), want, f"config {i}")
 
 
 def test_donated_update_step_keeps_the_state_in_place():
@@ -460,7 +451,7 @@ def test_unsupported_leaves_run_the_chain_or_raise():
         return lambda g, st, p: adamjax.apply_gradients(o, g, st, p)
 
     assert not uses_kernel(step(opt), g, st, params)
-    assert_same(jax.jit(step(opt))(g, st, params), jax.jit(step(adam("jax")))(g, st, params))
+    assert_trees_equal(jax.jit(step(opt))(g, st, params), jax.jit(step(adam("jax")))(g, st, params))
     forced = adam("native")
     with pytest.raises(TypeError, match=r"float32 gradients.*bfloat16"):
         forced.update(g, forced.init(params), params)
@@ -475,7 +466,7 @@ def test_inject_hyperparams_with_an_injected_eps_root_runs_the_chain():
     pure = optax.inject_hyperparams(adamjax.adam)(learning_rate=1e-2, implementation="jax")
     want, _, _ = run_updates(pure, params)
     for a, b in zip(got, want, strict=True):
-        assert_same(a, b)
+        assert_trees_equal(a, b)
     assert not uses_kernel(update, grads_at(params, 0), st, params)
 
 
@@ -505,7 +496,7 @@ def test_grad_through_apply_gradients_is_the_chains():
         return jax.jit(jax.grad(f, argnums=(0, 1, 2)))
 
     got = loss("auto")(jnp.float32(1e-2), g, params)
-    assert_same(got, loss("jax")(jnp.float32(1e-2), g, params))
+    assert_trees_equal(got, loss("jax")(jnp.float32(1e-2), g, params))
     assert float(got[0]) != 0.0
     step = jax.jit(lambda lr, g, p: adamjax.apply_gradients(adamjax.adam(lr), g, st, p))
     assert KERNEL in step.lower(jnp.float32(1e-2), g, params).compile().as_text()

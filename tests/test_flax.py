@@ -18,6 +18,7 @@ from flax.training import train_state
 import adamjax
 import adamjax.flax
 from adamjax import native
+from tests.helpers import assert_trees_equal
 
 
 def _data():
@@ -173,15 +174,6 @@ def _jit_twice(fn, **kwargs):
     )
 
 
-def _assert_same_bits(a, b):
-    leaves_a, tree_a = jax.tree.flatten(a)
-    leaves_b, tree_b = jax.tree.flatten(b)
-    assert tree_a == tree_b
-    for x, y in zip(leaves_a, leaves_b, strict=True):
-        assert x.dtype == y.dtype
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 @pytest.mark.parametrize("name", CASES)
 def test_train_state_equals_flax_train_state_bit_for_bit(name):
     model, params, loss_fn = _linen_setup()
@@ -197,7 +189,7 @@ def test_train_state_equals_flax_train_state_bit_for_bit(name):
         ours, theirs = step_ours(ours), step_theirs(theirs)
     assert type(ours) is adamjax.flax.TrainState
     assert int(ours.step) == int(theirs.step) == STEPS
-    _assert_same_bits((ours.params, ours.opt_state), (theirs.params, theirs.opt_state))
+    assert_trees_equal((ours.params, ours.opt_state), (theirs.params, theirs.opt_state))
     assert loss_fn(ours.params) < loss0  # the steps did move the parameters downhill
 
 
@@ -261,7 +253,7 @@ def test_train_state_step_counter_replace_and_extra_fields():
     ours, theirs = step_ours(ours), step_theirs(theirs)
     assert int(ours.step) == int(theirs.step) == 11
     assert jnp.asarray(ours.step).dtype == jnp.asarray(theirs.step).dtype
-    _assert_same_bits(
+    assert_trees_equal(
         (ours.params, ours.opt_state, ours.stats), (theirs.params, theirs.opt_state, theirs.stats)
     )
 
@@ -288,7 +280,7 @@ def test_train_state_overwrite_with_gradient_collection_like_flax():
     for _ in range(2):
         ours, theirs = step_ours(ours), step_theirs(theirs)
     np.testing.assert_array_equal(ours.params[OVERWRITE_WITH_GRADIENT]["scale"], 7.0)
-    _assert_same_bits((ours.params, ours.opt_state), (theirs.params, theirs.opt_state))
+    assert_trees_equal((ours.params, ours.opt_state), (theirs.params, theirs.opt_state))
 
 
 def test_train_state_serialization_round_trip_and_flax_checkpoints_load():
@@ -305,17 +297,17 @@ def test_train_state_serialization_round_trip_and_flax_checkpoints_load():
     for _ in range(3):
         ours, theirs = step_ours(ours), step_theirs(theirs)
     ours_dict = flax.serialization.to_state_dict(ours)
-    _assert_same_bits(ours_dict, flax.serialization.to_state_dict(theirs))
+    assert_trees_equal(ours_dict, flax.serialization.to_state_dict(theirs))
 
     template = adamjax.flax.TrainState.create(
         apply_fn=model.apply, params=params, tx=adamjax.adam(0.01)
     )
     from_theirs = flax.serialization.from_bytes(template, flax.serialization.to_bytes(theirs))
     assert type(from_theirs) is adamjax.flax.TrainState and int(from_theirs.step) == 3
-    _assert_same_bits(flax.serialization.to_state_dict(from_theirs), ours_dict)
+    assert_trees_equal(flax.serialization.to_state_dict(from_theirs), ours_dict)
     restored = flax.serialization.from_state_dict(template, ours_dict)
-    _assert_same_bits(step_ours(restored).params, step_ours(ours).params)
-    _assert_same_bits(step_ours(restored).params, step_theirs(theirs).params)
+    assert_trees_equal(step_ours(restored).params, step_ours(ours).params)
+    assert_trees_equal(step_ours(restored).params, step_theirs(theirs).params)
 
 
 # ---------------------------------------------------------------------------------------
@@ -356,16 +348,16 @@ def test_nnx_optimizer_equals_nnx_optimizer_bit_for_bit(name):
     assert int(opt.step[...]) == int(ref_opt.step[...]) == STEPS
     assert opt.step[...].dtype == ref_opt.step[...].dtype
     assert int(model.calls[...]) == STEPS
-    _assert_same_bits(nnx.state(model), nnx.state(ref_model))
-    _assert_same_bits(nnx.state(opt), nnx.state(ref_opt))
+    assert_trees_equal(nnx.state(model), nnx.state(ref_model))
+    assert_trees_equal(nnx.state(opt), nnx.state(ref_opt))
 
 
 @pytest.mark.parametrize("graph", [True, False])
 def test_nnx_optimizer_graph_and_tree_mode(graph):
     model, opt = _nnx_run(adamjax.flax.Optimizer, adamjax.adam(0.01), graph=graph)
     ref_model, ref_opt = _nnx_run(nnx.Optimizer, adamjax.adam(0.01), graph=graph)
-    _assert_same_bits(nnx.state(model), nnx.state(ref_model))
-    _assert_same_bits(nnx.state(opt), nnx.state(ref_opt))
+    assert_trees_equal(nnx.state(model), nnx.state(ref_model))
+    assert_trees_equal(nnx.state(opt), nnx.state(ref_opt))
 
 
 @pytest.mark.parametrize("name", ["adam", "adamax", "adamw", "adamw_decay_matrices"])
@@ -425,7 +417,7 @@ def test_nnx_optimizer_passes_extra_args_to_tx_update_like_flax():
         grads = nnx.grad(lambda m: jnp.mean((m(x) - y[:, None]) ** 2))(model)
         optimizer.update(model, grads, scale=jnp.float32(0.3))
         states.append(nnx.state(model))
-    _assert_same_bits(*states)
+    assert_trees_equal(*states)
     with pytest.raises(TypeError, match="scale"):
         adamjax.flax.Optimizer(model, tx, wrt=nnx.Param).update(model, grads)
 
@@ -478,7 +470,7 @@ def test_single_element_leaf_within_rounding():
             d,
             theirs.params,
         )
-    _assert_same_bits(ours.opt_state, theirs.opt_state)
+    assert_trees_equal(ours.opt_state, theirs.opt_state)
     for a, b, bd in zip(*map(jax.tree.leaves, (ours.params, theirs.params, bound)), strict=True):
         assert np.all(np.abs(np.float64(a) - np.float64(b)) <= bd), (a, b, bd)
 

@@ -18,6 +18,7 @@ from flax.training import train_state
 import adamjax
 import adamjax.flax
 from adamjax.kahan import KahanSummationState, kahan_summation
+from tests.helpers import assert_trees_equal
 
 # Significant bits (precision p) of each low-precision dtype: unit roundoff 2**-p.
 _BITS = {jnp.bfloat16: 8, jnp.float16: 11}
@@ -165,15 +166,6 @@ def _grads(rng, params, steps):
     ]
 
 
-def _assert_trees_equal(a, b, what=""):
-    la, ta = jax.tree.flatten(a)
-    lb, tb = jax.tree.flatten(b)
-    assert ta == tb
-    for x, y in zip(la, lb, strict=True):
-        assert x.dtype == y.dtype, what
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=what)
-
-
 def test_every_apply_path_lands_on_the_same_parameters_and_state():
     rng = np.random.default_rng(2)
     params = _mixed_params(rng)
@@ -233,9 +225,9 @@ def test_every_apply_path_lands_on_the_same_parameters_and_state():
     ref_p, ref_s = results.pop("optax.apply_updates")
     assert ref_p["w"].dtype == jnp.bfloat16 and ref_p["h"].dtype == jnp.float16
     for name, (p, s) in results.items():
-        _assert_trees_equal(p, ref_p, name)
+        assert_trees_equal(p, ref_p, name)
         if s is not None:
-            _assert_trees_equal(s, ref_s, name)
+            assert_trees_equal(s, ref_s, name)
     # float32 leaves: no buffer, and the plain optimizer's update bit for bit.
     assert ref_s.compensation["f"] is None
     plain = adamjax.adam(1e-3)
@@ -302,7 +294,7 @@ def test_under_wrappers_the_apply_paths_agree_and_follow_float32(wrapping):
     for g in grads:
         pa, sa = two_call(pa, sa, g)
         pb, sb = fused(pb, sb, g)
-        _assert_trees_equal((pa, sa), (pb, sb))
+        assert_trees_equal((pa, sa), (pb, sb))
     # The compensated bfloat16 run follows the float32 one within the bound of
     # test_no_stall_...: |c_N| <= U/2, plus 2**-9 U per step, plus float32 rounding.
     plain = _wrapped(wrapping, kahan=False)

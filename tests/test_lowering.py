@@ -17,6 +17,7 @@ import pytest
 import adamjax
 from adamjax import native
 from adamjax.lowering import kernel_gate
+from tests.helpers import assert_trees_equal
 
 pytestmark = pytest.mark.skipif(
     not native.native_available() or jax.default_backend() != "cpu",
@@ -67,14 +68,6 @@ def _uses_kernel(fn, *args) -> bool:
     return KERNEL in jax.jit(fn).lower(*args).compile().as_text()
 
 
-def _assert_same(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        x, y = np.asarray(x), np.asarray(y)
-        assert x.dtype == y.dtype and x.shape == y.shape
-        np.testing.assert_array_equal(x.astype(np.float32), y.astype(np.float32))
-
-
 def _cast_like(updates, grads):
     return jax.tree.map(lambda u, g: u.astype(g.dtype), updates, grads)
 
@@ -95,7 +88,7 @@ def test_the_alias_and_the_chain_by_hand_take_one_path_with_the_same_bits(name):
         return lambda g, s, p: opt.update(g, s, p)
 
     st = alias.init(params)
-    _assert_same(st, hand.init(params))
+    assert_trees_equal(st, hand.init(params))
     # The path: the same for both, the one the gate states, the one expected.
     applies = [_uses_kernel(apply(o), g0, st, params) for o in (alias, hand)]
     updates = [_uses_kernel(update(o), g0, st, params) for o in (alias, hand)]
@@ -114,7 +107,7 @@ def test_the_alias_and_the_chain_by_hand_take_one_path_with_the_same_bits(name):
         out = {k: steps[k][0](g, state[k], p[k]) for k in opts}
         upd = {k: steps[k][1](g, state[k], p[k]) for k in opts}
         for k in ("hand", "written"):
-            _assert_same(out[k], out["alias"])
-            _assert_same((_cast_like(upd[k][0], g), upd[k][1]), upd["alias"])
+            assert_trees_equal(out[k], out["alias"])
+            assert_trees_equal((_cast_like(upd[k][0], g), upd[k][1]), upd["alias"])
         p = {k: out[k][0] for k in opts}
         state = {k: out[k][1] for k in opts}
