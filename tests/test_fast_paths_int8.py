@@ -28,6 +28,7 @@ import pytest
 import adamjax
 from adamjax import native
 from adamjax.step import FusedTransformation
+from tests.helpers import assert_trees_equal
 
 pytestmark = pytest.mark.skipif(
     not native.native_available() or jax.default_backend() != "cpu",
@@ -46,16 +47,6 @@ def params_tree(seed=0):
 
 def grads_at(params, t):
     return jax.tree.map(lambda x: jnp.sin(x * (t + 1)) * (0.1 + t), params)
-
-
-def assert_same(a, b, what=""):
-    assert jax.tree.structure(a) == jax.tree.structure(b), what
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        x, y = np.asarray(x), np.asarray(y)
-        assert x.dtype == y.dtype and x.shape == y.shape, what
-        if x.dtype == jax.dtypes.float0:
-            continue
-        np.testing.assert_array_equal(x, y, err_msg=what)
 
 
 def uses_q8(fn, *args) -> bool:
@@ -108,7 +99,7 @@ def test_update_equals_the_chain_under_wrappers(name):
     got, update, st = run_updates(WRAPPED[name]("auto"), params)
     want, _, _ = run_updates(WRAPPED[name]("jax"), params)
     for t, (a, b) in enumerate(zip(got, want, strict=True)):
-        assert_same(a, b, f"{name}, step {t}")
+        assert_trees_equal(a, b, f"{name}, step {t}")
     assert uses_q8(update, grads_at(params, 0), st, params), name
 
 
@@ -126,9 +117,9 @@ def test_apply_gradients_equals_update_plus_apply_updates(name):
         u, want_st = update(g, st, p)
         new_p, new_st = step(g, st, p)
         if isinstance(opt, FusedTransformation):  # the kernel's apply form: the chain's
-            assert_same((new_p, new_st), pure_step(g, st, p), f"{name}, step {t}")
+            assert_trees_equal((new_p, new_st), pure_step(g, st, p), f"{name}, step {t}")
         else:  # a wrapper: its own update + apply_updates
-            assert_same((new_p, new_st), (add(p, u), want_st), f"{name}, step {t}")
+            assert_trees_equal((new_p, new_st), (add(p, u), want_st), f"{name}, step {t}")
         p, st = new_p, new_st
     assert uses_q8(step, grads_at(params, 0), st, p), name
 
@@ -182,7 +173,7 @@ def test_adamw_with_int8_moments_runs_the_chain():
     a, b = (params, st), (params, st)
     for t in range(3):
         a, b = step(grads_at(params, t), a[1], a[0]), pure_step(grads_at(params, t), b[1], b[0])
-        assert_same(a, b, f"step {t}")
+        assert_trees_equal(a, b, f"step {t}")
     with pytest.raises(ValueError, match="no weight decay term"):
         adamjax.adamw(1e-2, state_dtype="int8", implementation="native")
 
@@ -202,7 +193,7 @@ def test_grad_and_jvp_through_update_are_the_chains():
     args = (jnp.float32(1e-2), g, st, params)
     got = jax.jit(jax.grad(_loss_of_update("native"), argnums=(0, 1)))(*args)
     want = jax.jit(jax.grad(_loss_of_update("jax"), argnums=(0, 1)))(*args)
-    assert_same(got, want)
+    assert_trees_equal(got, want)
     assert float(got[0]) != 0.0
 
     def jvp(impl):
@@ -216,7 +207,7 @@ def test_grad_and_jvp_through_update_are_the_chains():
         return jax.jit(f)
 
     tangents = (jnp.float32(1.0), jax.tree.map(jnp.cos, g))
-    assert_same(jvp("native")(g, tangents), jvp("jax")(g, tangents))
+    assert_trees_equal(jvp("native")(g, tangents), jvp("jax")(g, tangents))
 
 
 def test_flax_train_state_takes_the_kernel():
@@ -234,7 +225,7 @@ def test_flax_train_state_takes_the_kernel():
     for t in range(3):
         g = grads_at(params, t)
         s, r = jitted(s, g), jitted(r, g)
-        assert_same((s.params, s.opt_state), (r.params, r.opt_state), f"step {t}")
+        assert_trees_equal((s.params, s.opt_state), (r.params, r.opt_state), f"step {t}")
     assert uses_q8(step, s, grads_at(params, 0))
 
 

@@ -1,5 +1,5 @@
 """The flat layout (adamjax.flat): the tree layout's numbers (ravel exactly; updates to the
-rounding of one division, see ``assert_trees_equal``)."""
+rounding of one division, see ``assert_trees_within_ulps``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import adamjax
 from adamjax.flat import FlatState, flat_layout, layout_of, ravel
 from adamjax.step import apply_gradients
+from tests.helpers import assert_trees_equal
 
 
 def mixed_tree(seed=0):
@@ -34,14 +35,6 @@ def grads_like(tree, step):
     )
 
 
-def assert_trees_identical(a, b):
-    """Same structure, dtypes, shapes and bits (NaNs compare equal to NaNs)."""
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        assert x.dtype == y.dtype and x.shape == y.shape, (x.dtype, y.dtype, x.shape, y.shape)
-        np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32))
-
-
 def ulps_apart(x, y) -> float:
     """Largest ``|x - y|`` in units in the last place of ``y`` (in ``y``'s own dtype)."""
     x32, y32 = np.asarray(x, np.float32), np.asarray(y, np.float32)
@@ -52,7 +45,7 @@ def ulps_apart(x, y) -> float:
     return float(np.max(np.abs(x32 - y32) / ulp, initial=0.0))
 
 
-def assert_trees_equal(a, b, max_ulps=2):
+def assert_trees_within_ulps(a, b, max_ulps=2):
     """The same elementwise results up to how XLA rounds one division: ``max_ulps`` ulp.
 
     The flat and tree layouts evaluate the same elementwise expression on the same inputs.
@@ -88,7 +81,7 @@ def test_ravel_round_trip_keeps_dtypes_and_bits():
     assert set(flat) == {"float32", "bfloat16"}
     assert flat["float32"].shape == (21 + 3 + 1 + 0 + 16,)
     assert flat["bfloat16"].dtype == jnp.bfloat16 and flat["bfloat16"].shape == (10,)
-    assert_trees_identical(unravel(flat), tree)  # a copy: exact, scalars included
+    assert_trees_equal(unravel(flat), tree)  # a copy: exact, scalars included
 
 
 def test_layout_is_static_and_shape_only():
@@ -127,8 +120,8 @@ def test_flat_layout_updates_equal_tree_updates_to_rounding(make):
     want, want_p = run_updates(make(), params)
     got, got_p = run_updates(flat_layout(make()), params)
     for u_tree, u_flat in zip(want, got, strict=True):
-        assert_trees_equal(u_flat, u_tree)
-    assert_trees_equal(got_p, want_p, max_ulps=len(want))
+        assert_trees_within_ulps(u_flat, u_tree)
+    assert_trees_within_ulps(got_p, want_p, max_ulps=len(want))
 
 
 def test_flat_state_is_one_buffer_per_dtype():
@@ -155,7 +148,7 @@ def test_apply_gradients_flat_layout_equals_tree(implementation):
 
     want = run(adamjax.adam(1e-2, implementation="jax"))
     got = run(adamjax.adam(1e-2, layout="flat", implementation=implementation))
-    assert_trees_equal(got, want, max_ulps=4)  # parameters after 4 steps
+    assert_trees_within_ulps(got, want, max_ulps=4)  # parameters after 4 steps
 
 
 def test_flat_layout_fused_kernel_only_when_no_concatenation():
@@ -183,7 +176,7 @@ def test_flat_layout_fused_kernel_only_when_no_concatenation():
             g = grads_like(params, t)
             p, st = step(p, st, g)
             q, qst = ref(q, qst, g)
-        assert_trees_equal(p, q, max_ulps=3)  # parameters after 3 steps
+        assert_trees_within_ulps(p, q, max_ulps=3)  # parameters after 3 steps
 
 
 def test_training_on_flat_params_equals_tree_training():
@@ -206,7 +199,7 @@ def test_training_on_flat_params_equals_tree_training():
     for _ in range(3):
         p, st = apply_gradients(opt, jax.grad(loss)(p), st, p)
         fp, fst = apply_gradients(opt, jax.grad(lambda f: loss(unravel(f)))(fp), fst, fp)
-    assert_trees_equal(unravel(fp), p, max_ulps=3)  # after 3 steps
+    assert_trees_within_ulps(unravel(fp), p, max_ulps=3)  # after 3 steps
 
 
 def test_layout_mismatch_is_a_clear_error():

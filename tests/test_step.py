@@ -11,6 +11,7 @@ import pytest
 import adamjax
 from adamjax import native
 from adamjax.step import FusedTransformation, apply_gradients
+from tests.helpers import assert_trees_equal
 
 needs_native = pytest.mark.skipif(
     not native.native_available(), reason="the native kernel is not built/loaded here"
@@ -46,13 +47,6 @@ def train(opt, params, steps=5, donate=True, unfused=False):
     return p, st
 
 
-def assert_same(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        assert x.dtype == y.dtype
-        np.testing.assert_array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32))
-
-
 def test_generic_path_is_update_plus_apply_updates():
     params = tree()
     opt = optax.adam(1e-2)
@@ -60,8 +54,8 @@ def test_generic_path_is_update_plus_apply_updates():
     g = grads_at(params, 0)
     u, want_st = opt.update(g, st, params)
     got_p, got_st = apply_gradients(opt, g, st, params)
-    assert_same(got_p, adamjax.apply_updates(params, u))
-    assert_same(got_st, want_st)
+    assert_trees_equal(got_p, adamjax.apply_updates(params, u))
+    assert_trees_equal(got_st, want_st)
 
 
 def test_fused_apply_is_used_and_may_decline():
@@ -78,11 +72,11 @@ def test_fused_apply_is_used_and_may_decline():
     assert apply_gradients(opt, p, opt.init(p), p)[0] == "fused-params"
     assert calls == [1]
     # ``update`` is the one it was built with.
-    assert_same(opt.update(p, opt.init(p), p)[0], base.update(p, base.init(p), p)[0])
+    assert_trees_equal(opt.update(p, opt.init(p), p)[0], base.update(p, base.init(p), p)[0])
 
     declining = FusedTransformation(base.init, base.update, lambda g, s, p: None)
     new_p, _ = apply_gradients(declining, p, declining.init(p), p)
-    assert_same(new_p, {"w": jnp.full(3, 0.9)})
+    assert_trees_equal(new_p, {"w": jnp.full(3, 0.9)})
 
 
 def runs_native(opt, params=None):
@@ -135,8 +129,8 @@ def test_native_equals_jax_bitwise(layout, kwargs):
     got_p, got_st = train(
         adamjax.adam(1e-2, layout=layout, implementation="native", **kwargs), params
     )
-    assert_same(got_p, want_p)
-    assert_same(got_st, want_st)
+    assert_trees_equal(got_p, want_p)
+    assert_trees_equal(got_st, want_st)
 
 
 @needs_native
@@ -145,7 +139,7 @@ def test_native_with_schedule_equals_jax():
     lr = adamjax.inverse_sqrt_schedule(1e-2)
     want = train(adamjax.adam(lr, implementation="jax"), params)
     got = train(adamjax.adam(lr, implementation="native"), params)
-    assert_same(got, want)
+    assert_trees_equal(got, want)
 
 
 @needs_native
@@ -176,7 +170,7 @@ def test_native_under_vmap_over_learning_rates():
         for i in range(len(lrs)):
             u, new_st, new_p, also_st = jax.tree.map(lambda x, i=i: x[i], got)
             want_u, want_st, want_p, _ = one(lrs[i], params, st, g)
-            assert_same((u, new_st, also_st), (want_u, want_st, want_st))
+            assert_trees_equal((u, new_st, also_st), (want_u, want_st, want_st))
             for x, y, d in zip(*(jax.tree.leaves(a) for a in (new_p, want_p, u)), strict=True):
                 tol = np.spacing(np.abs(np.asarray(d))) + np.spacing(np.abs(np.asarray(y)))
                 assert np.all(np.abs(np.asarray(x) - np.asarray(y)) <= tol)
@@ -187,7 +181,7 @@ def test_auto_falls_back_to_jax_for_unsupported_dtypes():
     params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), tree())
     want = train(adamjax.adam(1e-2, implementation="jax"), params)
     got = train(adamjax.adam(1e-2), params)
-    assert_same(got, want)
+    assert_trees_equal(got, want)
 
 
 def test_auto_takes_jax_path_for_configs_the_kernel_lacks():
