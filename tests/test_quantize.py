@@ -10,6 +10,7 @@ import pytest
 
 import adamjax
 from adamjax import quantize as Q
+from tests.helpers import assert_trees_equal
 
 
 def brute_nearest(x: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -209,7 +210,7 @@ def test_int8_state_checkpoints_with_orbax(tmp_path):
     st = opt.update(jax.tree.map(jnp.sin, params), opt.init(params), params)[1]
     checkpoint.save(tmp_path / "ck", st)
     back = checkpoint.restore(tmp_path / "ck", opt.init(params))
-    jax.tree.map(np.testing.assert_array_equal, back, st)
+    assert_trees_equal(back, st)
     assert isinstance(back[0].mu["w"], Q.QuantizedArray)
 
 

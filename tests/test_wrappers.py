@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import adamjax
+from tests.helpers import assert_trees_equal
 
 
 @pytest.mark.parametrize("bad", [jnp.nan, jnp.inf, -jnp.inf])
@@ -24,10 +25,8 @@ def test_skip_nonfinite_leaves_params_and_state_untouched(bad):
 
     u, state = update(poisoned, state, params)
     params = adamjax.apply_updates(params, u)
-    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(before_params), strict=True):
-        np.testing.assert_array_equal(x, y)
-    for x, y in zip(jax.tree.leaves(state.inner), jax.tree.leaves(before_state.inner), strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_trees_equal(params, before_params)
+    assert_trees_equal(state.inner, before_state.inner)
     assert int(state.skipped) == 1 and not bool(state.last_finite)
 
     # The next finite step proceeds exactly as if the bad step never happened.
