@@ -118,16 +118,6 @@ def test_adamw_mask_tree_and_callable():
                 np.testing.assert_allclose(got[k], want, rtol=1e-10, atol=1e-12)
 
 
-def _run_style(opt, params, grads, apply):
-    def body(carry, g):
-        p, s = carry
-        u, s = opt.update(g, s, p)
-        p = apply(p, u)
-        return (p, s), p
-
-    return jax.jit(lambda p, gs: jax.lax.scan(body, (p, opt.init(p)), gs)[1])(params, grads)
-
-
 def _decay_matrices(p):
     return jax.tree.map(lambda x: x.ndim > 1, p)
 
@@ -198,8 +188,8 @@ def test_matches_optax(name, ours, theirs):
     with jax.enable_x64(True):
         params = random_tree(rng, np.float64)
         grads = gradient_sequence(rng, params, 200, np.float64)
-        got = _run_style(ours, params, grads, adamjax.apply_updates)
-        want = _run_style(theirs, params, grads, optax.apply_updates)
+        got = run(ours, params, grads, apply=adamjax.apply_updates)
+        want = run(theirs, params, grads, apply=optax.apply_updates)
         assert_tree_close(got, want, rtol=1e-9, atol=1e-11)
 
 
@@ -228,8 +218,8 @@ def test_float32_storage_of_a_float64_run_agrees_with_optax(ours, theirs, decay)
         grads = gradient_sequence(rng, params, 200, np.float64)
         state = jax.tree.leaves(ours.init(params)[0])
         assert np.dtype(np.float32) in {x.dtype for x in state}
-        got = _run_style(ours, params, grads, adamjax.apply_updates)
-        want = _run_style(theirs, params, grads, optax.apply_updates)
+        got = run(ours, params, grads, apply=adamjax.apply_updates)
+        want = run(theirs, params, grads, apply=optax.apply_updates)
         moved = max(jax.tree.leaves(jax.tree.map(lambda w, p: np.abs(w - p).max(), want, params)))
         assert_tree_close(got, want, rtol=0, atol=200 * 2.0**-24 / (1 - decay) * moved)
 
