@@ -14,6 +14,7 @@ import optax
 import pytest
 
 import adamjax
+from tests.helpers import run_loop
 from tests.multidevice import run_case
 
 # name -> (factory, keyword arguments): every optimizer with a learning rate as keyword.
@@ -61,12 +62,7 @@ def params_and_grads(dtype=jnp.float32, seed=0):
 
 
 def steps(opt, params, grads, jit=True):
-    update = jax.jit(opt.update) if jit else opt.update
-    state = opt.init(params)
-    for g in grads:
-        u, state = update(g, state, params)
-        params = optax.apply_updates(params, u)
-    return params, state
+    return run_loop(opt, params, grads, jit=jit, apply=optax.apply_updates)
 
 
 def close(a, b, rtol=1e-6, atol=1e-7):
