@@ -292,14 +292,12 @@ def kernel_gate(
 def _lowered(transforms: tuple, pure: Any, force: bool) -> FusedTransformation:
     # ``update`` runs the kernel's update form only when asked (``"native"``): it has to
     # write the update to a buffer of its own, which XLA:CPU allocates afresh every step,
-    # while the chain fuses with the caller's apply_updates into one pass without it.
-    # Measured (one donated jitted step of update + optax.apply_updates, 10M and 50M
-    # float32 params): 0.67x and 0.70x Optax's speed with the kernel's update form, against
-    # 1.19x and 0.88x with the chain (docs/fast-paths.md). The fused apply has no such
-    # buffer (28 bytes per parameter, in place) and is taken wherever it runs.
-    # With 8-bit moments the kernel's update form is taken under "auto" too: it moves 12
-    # bytes per parameter, where the XLA-compiled chain decodes and encodes the blocks
-    # through long select chains many times slower (docs/fast-paths.md).
+    # while the chain fuses with the caller's apply_updates into one pass without it, and
+    # is faster for it. The fused apply has no such buffer (28 bytes per parameter, in
+    # place) and is taken wherever it runs. With 8-bit moments the kernel's update form is
+    # taken under "auto" too: it moves 12 bytes per parameter, where the XLA-compiled chain
+    # decodes and encodes the blocks through long select chains many times slower. The
+    # figures: docs/fast-paths.md, "Measurements behind the code's choices".
     def fused_apply(grads, state, params):
         return _maybe_native("apply", transforms, force, grads, state, params)
 
