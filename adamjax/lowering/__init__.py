@@ -63,9 +63,9 @@ import jax.numpy as jnp
 import optax
 
 from adamjax import _validate, native, quantize
-from adamjax.base import GradientTransformationExtraArgs, safe_increment
+from adamjax.base import GradientTransformationExtraArgs
 from adamjax.lowering._kernel_step import _custom_step
-from adamjax.lowering._match import _decay_flags, _match, _Plan, _scheduled, _why_not_here
+from adamjax.lowering._match import _decay_flags, _match, _Plan, _why_not_here
 from adamjax.lowering._packing import _quantized_kernel_check
 from adamjax.step import FusedTransformation
 
@@ -178,8 +178,6 @@ class _Step:
     p: list | None
     values: dict[str, Any]
     flags: tuple[bool, ...] | None
-    new_lr_state: Any
-    new_wd_state: tuple
 
 
 def kernel_gate(
@@ -235,7 +233,7 @@ def kernel_gate(
     if jnp.result_type(float) == jnp.float64:  # the chain would compute some terms in f64
         x64 = ValueError("implementation='native' needs 64-bit mode (jax_enable_x64) off.")
         return Verdict(plan, "64-bit mode (jax_enable_x64) is on", x64)
-    ms = state[0]
+    ms = plan.state_of(plan.moments, state)
     _validate.check_gradients(
         plan.algo,
         grads,
@@ -252,15 +250,14 @@ def kernel_gate(
     treedef: Any = flat_def
     mu, nu = treedef.flatten_up_to(ms.mu), treedef.flatten_up_to(ms.nu)
     p = treedef.flatten_up_to(params) if reads_params else None
-    lr, new_lr_state = _scheduled(plan.lr.hyper["learning_rate"], state[-1])
+    # Each part's hyperparameters at this step (a schedule called with its part's count).
+    lr = plan.lr.hyper_at(plan.state_of(plan.lr, state))["learning_rate"]
     flags: tuple[bool, ...] | None = None
-    new_wd_state: tuple = ()
     why_not: tuple[str, type[Exception]] | None = None
     if plan.decay is None:
         values = plan.values(lr)
     else:
-        wd, wd_state = _scheduled(plan.decay.hyper["weight_decay"], state[-2])
-        new_wd_state = (wd_state,)
+        wd = plan.decay.hyper_at(plan.state_of(plan.decay, state))["weight_decay"]
         values = plan.values(lr, wd)
         flags, why_mask = _decay_flags(plan.decay.options["mask"], params, treedef)
         why_not = None if why_mask is None else (why_mask, TypeError)
@@ -281,7 +278,7 @@ def kernel_gate(
         if why_8bit is not None:
             error = RuntimeError(f"implementation='native': the 8-bit kernel {why_8bit}")
             return Verdict(plan, f"the 8-bit kernel {why_8bit}", error)
-    step = _Step(treedef, g, mu, nu, p, values, flags, new_lr_state, new_wd_state)
+    step = _Step(treedef, g, mu, nu, p, values, flags)
     return Verdict(plan, step=step)
 
 
@@ -327,16 +324,12 @@ def _maybe_native(mode: str, transforms: tuple, force: bool, grads, state, param
         return None
     plan, st = verdict.plan, verdict.step
     assert plan is not None and st is not None
-    ms = state[0]
+    ms = plan.state_of(plan.moments, state)
     static = {k: x for k, x in st.values.items() if not isinstance(x, jax.Array)}
     dynamic = {k: x for k, x in st.values.items() if isinstance(x, jax.Array)}
     step = _custom_step(mode, plan, static, st.flags)
     first, new_mu, new_nu = step(dynamic, st.p or [], st.g, st.mu, st.nu, ms.count)
-    new_ms = ms._replace(
-        count=safe_increment(ms.count),
-        mu=st.treedef.unflatten(new_mu),
-        nu=st.treedef.unflatten(new_nu),
+    new_state = plan.next_state(
+        state, mu=st.treedef.unflatten(new_mu), nu=st.treedef.unflatten(new_nu)
     )
-    kept = state[1 : len(state) - 1 - len(st.new_wd_state)]
-    new_state = type(state)((new_ms, *kept, *st.new_wd_state, st.new_lr_state))
     return st.treedef.unflatten(first), new_state

@@ -19,7 +19,6 @@ import optax
 
 from adamjax import quantize
 from adamjax._tree import mask_tree
-from adamjax.base import safe_increment
 from adamjax.spec import Spec, spec_of
 
 _F32 = jnp.dtype(jnp.float32)
@@ -33,7 +32,8 @@ def _is_number(x: Any, value: float) -> bool:
 
 @dataclass(frozen=True)
 class _Plan:
-    """A recognised chain: its algorithm and the specs of its parts."""
+    """A recognised chain: its algorithm and the specs of its parts (``parts``: all of them,
+    in the chain's order, that of the chain's state)."""
 
     algo: str  # "adam", "adamax" or "adamw"
     int8: bool  # moments stored as 8-bit blocks (adamjax.quantize)
@@ -41,7 +41,18 @@ class _Plan:
     bias: Spec | None
     precondition: Spec
     lr: Spec
-    decay: Spec | None = None  # add_decayed_weights (AdamW)
+    decay: Spec | None  # add_decayed_weights (AdamW)
+    parts: tuple[Spec, ...]
+
+    def state_of(self, part: Spec, state: tuple) -> Any:
+        """The state of one part, from the chain's state (``optax.chain``'s: one per part)."""
+        return state[self.parts.index(part)]
+
+    def next_state(self, state: tuple, **outputs: Any) -> tuple:
+        """The chain's state after a step the kernel ran: each part's, as its spec advances
+        it given the kernel's ``outputs`` (the new moment trees ``mu`` and ``nu``)."""
+        parts = zip(self.parts, state, strict=True)
+        return type(state)(tuple(spec.next_state(s, **outputs) for spec, s in parts))
 
     def values(self, lr: Any, wd: Any = None) -> dict[str, Any]:
         """The hyperparameters as given, with the learning rate (and, for AdamW, the weight
@@ -109,7 +120,8 @@ def _match(transforms: tuple) -> tuple[_Plan | None, str]:
         return None, f"eps_root={eps_root!r} (the kernel has no epsilon inside the root)"
     if all(int8) and algo == "adamw":
         return None, "AdamW with 8-bit moments (the 8-bit kernel has no weight decay term)"
-    return _Plan(algo, all(int8), moments, bias, precond, lr, decay), ""
+    parts = tuple(s for s in specs if s is not None)
+    return _Plan(algo, all(int8), moments, bias, precond, lr, decay, parts), ""
 
 
 # ----------------------------------------------------------------------------------------
@@ -162,15 +174,6 @@ def _quantized_like(s: Any, shape: tuple) -> bool:
         and jnp.result_type(s.codes) == jnp.uint8
         and jnp.result_type(s.scales) == _F32
     )
-
-
-def _scheduled(value: Any, state: Any) -> tuple[Any, Any]:
-    """A hyperparameter's value at this step and its primitive's next state: a schedule is
-    called with the state's count (which then advances), as scale_by_lr and
-    add_decayed_weights do."""
-    if callable(value) and not hasattr(value, "dtype"):
-        return value(state.count), state._replace(count=safe_increment(state.count))
-    return value, state
 
 
 def _decay_flags(mask: Any, params: Any, treedef: Any) -> tuple[Any, str | None]:
