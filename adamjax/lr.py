@@ -18,6 +18,12 @@ class ScheduleState(NamedTuple):
     count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as in Optax
 
 
+def next_schedule_state(state: ScheduleState, **_: Any) -> ScheduleState:
+    """A scheduled primitive's state after a step: its count advanced (the extra keywords,
+    a :attr:`adamjax.spec.Spec.advance`'s outputs, are not read)."""
+    return ScheduleState(count=safe_increment(state.count))
+
+
 def scale_by_lr(learning_rate: Any) -> GradientTransformation:
     r"""Scale the direction by :math:`-\alpha_t`: the update is ``-alpha_t * d_t``.
 
@@ -45,11 +51,17 @@ def scale_by_lr(learning_rate: Any) -> GradientTransformation:
             updates = expect_updates(fn, updates, hint)
             lr = learning_rate(state.count)
             out = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
-            return out, ScheduleState(count=safe_increment(state.count))
+            return out, next_schedule_state(state)
 
-        return Primitive(
-            init_s, update_s, Spec(fn, {"learning_rate": learning_rate}, {}, scale_by_lr)
+        spec = Spec(
+            fn,
+            {"learning_rate": learning_rate},
+            {},
+            scale_by_lr,
+            at=lambda state: {"learning_rate": learning_rate(state.count)},
+            advance=next_schedule_state,
         )
+        return Primitive(init_s, update_s, spec)
 
     def init(params):
         del params

@@ -99,6 +99,12 @@ def _moment_trees(state: Any) -> dict[str, Any]:
     }
 
 
+def _after_step(state: MomentsState, *, mu: Any, nu: Any, **_: Any) -> MomentsState:
+    """The state after a step whose new moments are ``mu`` and ``nu`` (as the fused kernel
+    computes them): the count advanced, the moments replaced."""
+    return state._replace(count=safe_increment(state.count), mu=mu, nu=nu)
+
+
 def _moments_out(mu, nu, count, kind, b1, b2, grads) -> Moments:
     (a1, k1), (a2, k2) = record_beta(b1), record_beta(b2)
     return Moments(mu, nu, count, kind, False, a1, a2, grads, (k1, k2))
@@ -187,7 +193,7 @@ def scale_by_moments(
 
     hyper = {"b1": b1, "b2": b2, "b1_decay": b1_decay}
     storage = {"mu_dtype": mu_dtype, "nu_dtype": nu_dtype, "nu_init": nu_init}
-    spec = Spec(fn, hyper, storage, scale_by_moments)
+    spec = Spec(fn, hyper, storage, scale_by_moments, advance=_after_step)
     return Primitive(init, update, spec)
 
 
@@ -251,7 +257,7 @@ def scale_by_inf_moment(
         return _moments_out(mu, nu, count, "inf_norm", b1, b2, grads), new_state
 
     storage = {"mu_dtype": mu_dtype, "nu_dtype": nu_dtype}
-    spec = Spec(fn, {"b1": b1, "b2": b2}, storage, scale_by_inf_moment)
+    spec = Spec(fn, {"b1": b1, "b2": b2}, storage, scale_by_inf_moment, advance=_after_step)
     return Primitive(init, update, spec)
 
 

@@ -2,7 +2,8 @@
 
 Each primitive of Algorithm 1 returns a :class:`Primitive`: an ordinary
 ``optax.GradientTransformation`` that also carries a :class:`Spec` (its name, its
-hyperparameters and how to build it again). :func:`adamjax.chain` reads the specs of its
+hyperparameters, how to build it again and, for a fused step run in its place, how its
+state advances). :func:`adamjax.chain` reads the specs of its
 parts to recognise a chain it can run as a fused kernel (see :mod:`adamjax.lowering`).
 
 A spec belongs to one exact object: a wrapper that rebuilds ``update`` (``optax.chain``,
@@ -31,16 +32,31 @@ class Spec:
         schedule); the lowering may rebuild the primitive with other values for them.
       options: its static options (e.g. ``state_dtype``).
       build: the primitive's constructor.
+      at: ``state -> {name: value}``, the values at this step of the hyperparameters that
+        depend on the primitive's state (a schedule called with its count); None: none do.
+      advance: ``(state, **outputs) -> state``, the primitive's state after a step run for
+        it (by the fused kernel), given its state before and the step's outputs (``mu`` and
+        ``nu``: the new moment trees); None: the state does not change.
     """
 
     name: str
     hyper: Mapping[str, Any]
     options: Mapping[str, Any]
     build: Callable[..., GradientTransformation]
+    at: Callable[[Any], Mapping[str, Any]] | None = None
+    advance: Callable[..., Any] | None = None
 
     def rebuild(self, **hyper: Any) -> GradientTransformation:
         """The primitive with some hyperparameters replaced (the others as given)."""
         return self.build(**{**self.hyper, **hyper}, **self.options)
+
+    def hyper_at(self, state: Any) -> Mapping[str, Any]:
+        """The hyperparameters' values at the step that starts from ``state``."""
+        return self.hyper if self.at is None else {**self.hyper, **self.at(state)}
+
+    def next_state(self, state: Any, **outputs: Any) -> Any:
+        """The primitive's state after a step from ``state`` with these outputs."""
+        return state if self.advance is None else self.advance(state, **outputs)
 
 
 class Primitive(GradientTransformation):

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 
 from adamjax import _validate
 from adamjax._tree import mask_tree
-from adamjax.base import EmptyState, GradientTransformation, expect_updates, safe_increment
-from adamjax.lr import ScheduleState
+from adamjax.base import EmptyState, GradientTransformation, expect_updates
+from adamjax.lr import ScheduleState, next_schedule_state
 from adamjax.spec import Primitive, Spec
 
 
@@ -63,7 +63,7 @@ def add_decayed_weights(
         )
         if scheduled:
             wd = weight_decay(state.count)
-            state = ScheduleState(count=safe_increment(state.count))
+            state = next_schedule_state(state)
         else:
             wd = weight_decay
         if params is None and _validate.is_python_number(wd) and wd == 0:
@@ -84,5 +84,12 @@ def add_decayed_weights(
         m = mask_tree(mask, params)
         return jax.tree.map(decay, updates, params, m), state
 
-    spec = Spec(fn, {"weight_decay": weight_decay}, {"mask": mask}, add_decayed_weights)
+    spec = Spec(
+        fn,
+        {"weight_decay": weight_decay},
+        {"mask": mask},
+        add_decayed_weights,
+        at=(lambda state: {"weight_decay": weight_decay(state.count)}) if scheduled else None,
+        advance=next_schedule_state if scheduled else None,
+    )
     return Primitive(init, update, spec)

@@ -56,9 +56,8 @@ def quantized_step(
     per leaf, each aliased to its operand, ``u`` to ``g``: in place under donation, and
     the update written over a gradient that is dead after the call (one computed in the
     same jitted step); XLA copies a gradient that is still live (passed in, not donated)
-    first. Measured (50M params, update + apply_updates): grads computed inside the step
-    0.72x the time with a fresh update buffer (XLA:CPU allocates and page-faults one every
-    step), grads passed in 1.11x.
+    first. This spares XLA:CPU allocating and page-faulting a fresh update buffer every
+    step (figures: docs/fast-paths.md, "Measurements behind the code's choices").
 
     ``tables``: the float32 ``[256]`` decode tables of m and of v.
     """
