@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import adamjax
 
@@ -114,3 +117,33 @@ def assert_tree_close(actual, expected, rtol, atol):
 def reference_tree(reference, params, grads_seq):
     """Apply a NumPy reference ``reference(theta0, grads) -> thetas`` leaf by leaf."""
     return jax.tree.map(lambda p, g: reference(np.asarray(p), np.asarray(g)), params, grads_seq)
+
+
+def grads_at(params, t):
+    """A deterministic gradient tree for step ``t``: ``sin(x (t + 1)) (0.1 + t)`` per leaf."""
+    return jax.tree.map(lambda x: jnp.sin(x * (t + 1)) * (0.1 + t), params)
+
+
+def zeroing_wrapper(opt):
+    """A user's wrapper that zeroes the gradients, keeping update's metadata (``wraps``)."""
+
+    @functools.wraps(opt.update)
+    def update(updates, state, params=None):
+        return opt.update(jax.tree.map(jnp.zeros_like, updates), state, params)
+
+    return optax.GradientTransformation(opt.init, update)
+
+
+def run_updates(opt, params, nan_leaf, steps=4):
+    """Jitted ``update`` for ``steps`` steps of :func:`grads_at`, with a NaN in the first
+    element of leaf ``nan_leaf`` at step 2: ``([(updates, state)] per step, update, state)``."""
+    update = jax.jit(opt.update)
+    st = opt.init(params)
+    outs = []
+    for t in range(steps):
+        g = grads_at(params, t)
+        if t == 2:
+            g = {**g, nan_leaf: g[nan_leaf].at[0].set(jnp.nan)}
+        u, st = update(g, st, params)
+        outs.append((u, st))
+    return outs, update, st

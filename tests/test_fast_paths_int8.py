@@ -11,7 +11,6 @@ wrapper is compared with its own update and apply_updates in separate jits.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import subprocess
@@ -28,7 +27,7 @@ import pytest
 import adamjax
 from adamjax import native
 from adamjax.step import FusedTransformation
-from tests.helpers import assert_trees_equal
+from tests.helpers import assert_trees_equal, grads_at, run_updates, zeroing_wrapper
 
 pytestmark = pytest.mark.skipif(
     not native.native_available() or jax.default_backend() != "cpu",
@@ -45,24 +44,12 @@ def params_tree(seed=0):
     return {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in sizes.items()}
 
 
-def grads_at(params, t):
-    return jax.tree.map(lambda x: jnp.sin(x * (t + 1)) * (0.1 + t), params)
-
-
 def uses_q8(fn, *args) -> bool:
     return Q8_CALL.search(jax.jit(fn).lower(*args).compile().as_text()) is not None
 
 
 def int8_adam(impl, **kw):
     return adamjax.adam(**{"learning_rate": 1e-2, **kw}, state_dtype="int8", implementation=impl)
-
-
-def zeroing_wrapper(opt):
-    @functools.wraps(opt.update)
-    def update(updates, state, params=None):
-        return opt.update(jax.tree.map(jnp.zeros_like, updates), state, params)
-
-    return optax.GradientTransformation(opt.init, update)
 
 
 WRAPPED = {
@@ -80,24 +67,11 @@ WRAPPED = {
 }
 
 
-def run_updates(opt, params, steps=4):
-    update = jax.jit(opt.update)
-    st = opt.init(params)
-    outs = []
-    for t in range(steps):
-        g = grads_at(params, t)
-        if t == 2:
-            g = {**g, "big": g["big"].at[0].set(jnp.nan)}
-        u, st = update(g, st, params)
-        outs.append((u, st))
-    return outs, update, st
-
-
 @pytest.mark.parametrize("name", list(WRAPPED))
 def test_update_equals_the_chain_under_wrappers(name):
     params = params_tree()
-    got, update, st = run_updates(WRAPPED[name]("auto"), params)
-    want, _, _ = run_updates(WRAPPED[name]("jax"), params)
+    got, update, st = run_updates(WRAPPED[name]("auto"), params, "big")
+    want, _, _ = run_updates(WRAPPED[name]("jax"), params, "big")
     for t, (a, b) in enumerate(zip(got, want, strict=True)):
         assert_trees_equal(a, b, f"{name}, step {t}")
     assert uses_q8(update, grads_at(params, 0), st, params), name
@@ -188,7 +162,7 @@ def _loss_of_update(impl):
 
 def test_grad_and_jvp_through_update_are_the_chains():
     params = params_tree()
-    st = run_updates(int8_adam("jax"), params, steps=2)[2]
+    st = run_updates(int8_adam("jax"), params, "big", steps=2)[2]
     g = grads_at(params, 3)
     args = (jnp.float32(1e-2), g, st, params)
     got = jax.jit(jax.grad(_loss_of_update("native"), argnums=(0, 1)))(*args)
