@@ -110,6 +110,14 @@ def _moments_out(mu, nu, count, kind, b1, b2, grads) -> Moments:
     return Moments(mu, nu, count, kind, False, a1, a2, grads, (k1, k2))
 
 
+def _step_inputs(fn: str, updates: Any, state: MomentsState) -> tuple[Any, jax.Array]:
+    """The gradients, checked against the state and cast to the compute dtype, and ``t``."""
+    grads = expect_updates(fn, updates, _FIRST)
+    _validate.check_gradients(fn, grads, state=_moment_trees(state))
+    grads = jax.tree.map(lambda g: jnp.asarray(g).astype(compute_dtype(g)), grads)
+    return grads, safe_increment(state.count)
+
+
 def _ema(decay: Any, old: Any, new: Any, out_dtype: Any) -> jax.Array:
     """``decay * old + (1 - decay) * new`` in the compute dtype of ``new``."""
     return decay * quantize.read(old, out_dtype) + (1 - decay) * new
@@ -173,10 +181,7 @@ def scale_by_moments(
 
     def update(updates, state, params=None):
         del params
-        grads = expect_updates(fn, updates, _FIRST)
-        _validate.check_gradients(fn, grads, state=_moment_trees(state))
-        count = safe_increment(state.count)
-        grads = jax.tree.map(lambda g: jnp.asarray(g).astype(compute_dtype(g)), grads)
+        grads, count = _step_inputs(fn, updates, state)
         if _is_one(b1_decay):
             b1_t = b1
         else:
@@ -239,10 +244,7 @@ def scale_by_inf_moment(
 
     def update(updates, state, params=None):
         del params
-        grads = expect_updates(fn, updates, _FIRST)
-        _validate.check_gradients(fn, grads, state=_moment_trees(state))
-        count = safe_increment(state.count)
-        grads = jax.tree.map(lambda g: jnp.asarray(g).astype(compute_dtype(g)), grads)
+        grads, count = _step_inputs(fn, updates, state)
         mu = jax.tree.map(lambda g, m: _ema(b1, m, g, g.dtype), grads, state.mu)
         nu = jax.tree.map(
             lambda g, u: jnp.maximum(b2 * quantize.read(u, real_dtype(g.dtype)), jnp.abs(g)),
