@@ -18,9 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def is_python_number(value: Any) -> bool:
-    """A Python or NumPy real scalar (not a bool): a value known when the optimizer is built."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+def is_python_number(value: Any, equal_to: float | None = None) -> bool:
+    """A Python or NumPy real scalar (not a bool): a value known when the optimizer is built.
+
+    With ``equal_to``, also that the number equals it (``is_python_number(b1, 0.0)``: ``b1``
+    is the number 0, not an array that may hold 0).
+    """
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        return False
+    return equal_to is None or float(value) == equal_to
 
 
 def _is_array(value: Any) -> bool:

@@ -19,6 +19,8 @@ from optax import EmptyState as EmptyState
 from optax import GradientTransformation as GradientTransformation
 from optax import GradientTransformationExtraArgs as GradientTransformationExtraArgs
 
+from adamjax import _validate
+
 Params = Any
 Updates = Any
 OptState = Any
@@ -105,9 +107,7 @@ class Moments:
 
 def record_beta(beta: Any) -> tuple[Any, float | None]:
     """``(array, python_value_or_None)`` of a decay rate, for :class:`Moments`."""
-    import numbers
-
-    if isinstance(beta, numbers.Real) and not isinstance(beta, bool):
+    if _validate.is_python_number(beta):
         return jnp.asarray(beta), float(beta)
     return jnp.asarray(beta), None
 

@@ -10,7 +10,6 @@ ICLR 2015 (arXiv:1412.6980), Algorithm 1, Algorithm 2 (AdaMax, Sec. 7.1), Sec. 4
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -50,14 +49,6 @@ class SumOfSquaresState(NamedTuple):
     """State of :func:`scale_by_sum_of_squares`: the running sum of ``|g|^2``."""
 
     sum_of_squares: Any
-
-
-def _is_zero(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and float(x) == 0.0
-
-
-def _is_one(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and float(x) == 1.0
 
 
 def _state_zeros(
@@ -172,7 +163,9 @@ def scale_by_moments(
     mu_dtype, nu_dtype = _pick(mu_dtype, state_dtype), _pick(nu_dtype, state_dtype)
     _validate.check_dtype(fn, "mu_dtype", mu_dtype, allow_int8=True)
     _validate.check_dtype(fn, "nu_dtype", nu_dtype, allow_int8=True)
-    store_mu = not (_is_zero(b1) and _is_one(b1_decay))
+    store_mu = not (
+        _validate.is_python_number(b1, 0.0) and _validate.is_python_number(b1_decay, 1.0)
+    )
 
     def init(params):
         mu = _state_zeros(params, mu_dtype) if store_mu else None
@@ -182,7 +175,7 @@ def scale_by_moments(
     def update(updates, state, params=None):
         del params
         grads, count = _step_inputs(fn, updates, state)
-        if _is_one(b1_decay):
+        if _validate.is_python_number(b1_decay, 1.0):
             b1_t = b1
         else:
             b1_t = b1 * b1_decay ** (count - 1).astype(jnp.result_type(float))

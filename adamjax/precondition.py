@@ -5,7 +5,6 @@ Reference: Kingma & Ba, ICLR 2015, Algorithm 1 and Sec. 2.1.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import jax
@@ -19,10 +18,6 @@ from adamjax.base import (
     expect_moments,
 )
 from adamjax.spec import Primitive, Spec
-
-
-def _is_zero(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and float(x) == 0.0
 
 
 def precondition(eps: Any = 1e-8, eps_root: Any = 0.0) -> GradientTransformation:
@@ -58,13 +53,13 @@ def precondition(eps: Any = 1e-8, eps_root: Any = 0.0) -> GradientTransformation
             "Put scale_by_moments (and optionally bias_correct) before precondition.",
         )
         if m.kind == "inf_norm":
-            if not _is_zero(eps_root):
+            if not _validate.is_python_number(eps_root, 0.0):
                 raise CompositionError(
                     "precondition: eps_root has no meaning for AdaMax's infinity norm "
                     f"(got eps_root={eps_root!r}); use eps."
                 )
             out = jax.tree.map(lambda mu, u: mu / (u + eps), m.mu, m.nu)
-        elif _is_zero(eps_root):
+        elif _validate.is_python_number(eps_root, 0.0):
             out = jax.tree.map(lambda mu, v: mu / (jnp.sqrt(v) + eps), m.mu, m.nu)
         else:
             out = jax.tree.map(lambda mu, v: mu / (jnp.sqrt(v + eps_root) + eps), m.mu, m.nu)

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from adamjax import native, quantize
+from adamjax import _validate, native, quantize
 from adamjax.base import apply_updates, safe_increment
-from adamjax.lowering._match import _is_number, _Plan
+from adamjax.lowering._match import _Plan
 from adamjax.lowering._packing import _quantized
 from adamjax.native import Hyper
 
@@ -45,7 +45,11 @@ def _hyper(plan: _Plan, v: dict[str, Any], old_count: jax.Array):
     b1, b2, decay = v["b1"], v["b2"], v["b1_decay"]
     # Sec. 4's b1_t = b1 * decay**(t-1), as scale_by_moments computes it; bias_correct
     # keeps the paper's 1 - b1**t.
-    b1_t = b1 if _is_number(decay, 1.0) else b1 * decay ** (count - 1).astype(jnp.float32)
+    b1_t = (
+        b1
+        if _validate.is_python_number(decay, 1.0)
+        else b1 * decay ** (count - 1).astype(jnp.float32)
+    )
     wd = v["wd"] if plan.decay is not None else None
     return Hyper(-v["lr"], b1_t, 1 - b1_t, b2, 1 - b2, v["eps"], inv_c1, inv_c2, wd)
 

@@ -8,7 +8,6 @@ scheduled hyperparameters and AdamW's mask, for :func:`adamjax.lowering.kernel_g
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,17 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adamjax import quantize
+from adamjax import _validate, quantize
 from adamjax._tree import mask_tree
 from adamjax.spec import Spec, spec_of
 
 _F32 = jnp.dtype(jnp.float32)
 _STATE_DTYPES = (_F32, jnp.dtype(jnp.bfloat16))
 _ALGO = {"scale_by_moments": "adam", "scale_by_inf_moment": "adamax"}
-
-
-def _is_number(x: Any, value: float) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and float(x) == value
 
 
 @dataclass(frozen=True)
@@ -106,7 +101,9 @@ def _match(transforms: tuple) -> tuple[_Plan | None, str]:
     moments, precond, lr = specs[0], specs[names.index("precondition")], specs[-1]
     assert moments is not None and precond is not None and lr is not None
     m = moments.hyper
-    if _is_number(m["b1"], 0.0) and _is_number(m.get("b1_decay", 1.0), 1.0):
+    if _validate.is_python_number(m["b1"], 0.0) and _validate.is_python_number(
+        m.get("b1_decay", 1.0), 1.0
+    ):
         return None, "b1=0 (no first moment is stored)"
     stored = {k: moments.options.get(k) for k in ("mu_dtype", "nu_dtype")}
     int8 = [quantize.is_int8(sd) for sd in stored.values()]
@@ -115,7 +112,7 @@ def _match(transforms: tuple) -> tuple[_Plan | None, str]:
     for key, sd in stored.items():
         if sd is not None and not quantize.is_int8(sd) and jnp.dtype(sd) not in _STATE_DTYPES:
             return None, f"{key}={sd!r} (the kernel stores float32, bfloat16 or 'int8')"
-    if not _is_number(precond.hyper.get("eps_root", 0.0), 0.0):
+    if not _validate.is_python_number(precond.hyper.get("eps_root", 0.0), 0.0):
         eps_root = precond.hyper["eps_root"]
         return None, f"eps_root={eps_root!r} (the kernel has no epsilon inside the root)"
     if all(int8) and algo == "adamw":
