@@ -91,8 +91,9 @@ def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], flags: Any) -> 
         plain = [i for i in range(len(g)) if i not in set(q8)]
         outs: list = [None] * len(g)
         if plain:
-            kernel = getattr(native, f"{algo}_{mode}")
-            for i, out in zip(plain, kernel(*group(plain), hyper, fallback=fallback), strict=True):
+            leaves = list(zip(*group(plain), strict=True))
+            got = native.float_step(algo, mode, leaves, hyper, fallback=fallback)
+            for i, out in zip(plain, got, strict=True):
                 outs[i] = out
         if q8:
             got = _quantized(native, algo, mode, group(q8), hyper, fallback)

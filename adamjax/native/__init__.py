@@ -40,12 +40,7 @@ from adamjax.native._selftest import Hyper, quantized_self_test
 
 __all__ = [
     "Hyper",
-    "adam_apply",
-    "adam_update",
-    "adamax_apply",
-    "adamax_update",
-    "adamw_apply",
-    "adamw_update",
+    "float_step",
     "native_available",
     "native_info",
     "quantized_available",
@@ -140,60 +135,45 @@ def _run(
     return [tuple(o) for o in outs]
 
 
-def adam_update(grads: Leaves, m: Leaves, v: Leaves, hyper: Hyper, *, fallback: Fallback):
-    """One Adam step per leaf in update form: ``[(u, m, v), ...]`` with ``u = neg_lr * d``.
+_FLOAT_KERNELS = {
+    ("adam", "update"): "(g, m, v)",
+    ("adam", "apply"): "(p, g, m, v)",
+    ("adamax", "update"): "(g, m, u)",
+    ("adamax", "apply"): "(p, g, m, u)",
+    ("adamw", "update"): "(p, g, m, v)",
+    ("adamw", "apply"): "(p, g, m, v)",
+}
 
-    ``grads``, ``m``, ``v``: sequences of arrays, leaf ``k`` of one shape (float32
-    gradients, float32 or bfloat16 moments); ``hyper``: the step's scalars.
-    ``fallback(leaves)`` takes the list of ``(g, m, v)`` and returns the same as this
-    function: it runs on platforms other than the CPU. Call only when :func:`native_available`.
+
+def float_step(algo: str, mode: str, leaves: Leaves, hyper: Hyper, *, fallback: Fallback) -> list:
+    r"""One step per leaf of Adam, AdaMax (Sec. 7.1) or AdamW with float32/bfloat16 moments.
+
+    Per element, with the scalars of ``hyper`` (``inv_c`` the reciprocal bias corrections):
+
+    .. math::
+        m' = b_1 m + (1 - b_1) g, \quad v' = b_2 v + (1 - b_2) g^2
+        \ (\text{AdaMax: } u' = \max(b_2 u, |g|)), \quad
+        d = \frac{m'\, inv_{c_1}}{\sqrt{v'\, inv_{c_2}} + \epsilon}
+        \ (\text{AdaMax: } \frac{m'\, inv_{c_1}}{u' + \epsilon})
+
+    and the step ``s = neg_lr * d`` (AdamW: ``neg_lr * (d + wd * p)`` with ``wd =
+    hyper.weight_decay``, which must be set). ``mode="update"`` returns ``(s, m', v')`` per
+    leaf; ``mode="apply"`` returns ``(p + s, m', v')``, in place under donation.
+
+    ``leaves``: one tuple per leaf, ``(g, m, v)`` for Adam's and AdaMax's update form and
+    ``(p, g, m, v)`` otherwise (AdamW's update form reads ``p`` too): arrays of one shape,
+    float32 ``p`` and ``g``, float32 or bfloat16 moments. ``fallback(leaves)`` returns the
+    same as this function and runs on platforms other than the CPU (the caller's pure
+    chain). Call only when :func:`native_available`.
     """
-    return _run("adam", "update", list(zip(grads, m, v, strict=True)), hyper, fallback)
-
-
-def adam_apply(
-    params: Leaves, grads: Leaves, m: Leaves, v: Leaves, hyper: Hyper, *, fallback: Fallback
-):
-    """One Adam step per leaf applied to the parameters: ``[(p, m, v), ...]``, in place
-    under donation; ``fallback`` takes the list of ``(p, g, m, v)``. See :func:`adam_update`."""
-    return _run("adam", "apply", list(zip(params, grads, m, v, strict=True)), hyper, fallback)
-
-
-def adamax_update(grads: Leaves, m: Leaves, u: Leaves, hyper: Hyper, *, fallback: Fallback):
-    """AdaMax (Sec. 7.1) in update form: ``u = max(b2 u, |g|)``, ``d = m inv_c1 / (u + eps)``."""
-    return _run("adamax", "update", list(zip(grads, m, u, strict=True)), hyper, fallback)
-
-
-def adamax_apply(
-    params: Leaves, grads: Leaves, m: Leaves, u: Leaves, hyper: Hyper, *, fallback: Fallback
-):
-    """AdaMax applied to the parameters; see :func:`adamax_update` and :func:`adam_apply`."""
-    return _run("adamax", "apply", list(zip(params, grads, m, u, strict=True)), hyper, fallback)
-
-
-def adamw_update(
-    params: Leaves, grads: Leaves, m: Leaves, v: Leaves, hyper: Hyper, *, fallback: Fallback
-):
-    """AdamW in update form: ``[(u, m, v), ...]`` with ``u = neg_lr * (d + wd * p)``, ``d``
-    Adam's direction and ``wd = hyper.weight_decay`` (which must be set). The parameters are
-    only read; ``fallback`` takes the list of ``(p, g, m, v)``. See :func:`adam_update`."""
-    leaves = list(zip(params, grads, m, v, strict=True))
-    return _run("adamw", "update", leaves, _with_decay(hyper), fallback)
-
-
-def adamw_apply(
-    params: Leaves, grads: Leaves, m: Leaves, v: Leaves, hyper: Hyper, *, fallback: Fallback
-):
-    """AdamW applied to the parameters: ``p = p + neg_lr * (d + wd * p)``, in place under
-    donation; see :func:`adamw_update` and :func:`adam_apply`."""
-    leaves = list(zip(params, grads, m, v, strict=True))
-    return _run("adamw", "apply", leaves, _with_decay(hyper), fallback)
-
-
-def _with_decay(hyper: Hyper) -> Hyper:
-    if hyper.weight_decay is None:
+    if (algo, mode) not in _FLOAT_KERNELS:
+        raise ValueError(
+            f"float_step: no kernel {algo!r} in mode {mode!r}; the kernels are "
+            f"{sorted(_FLOAT_KERNELS)}."
+        )
+    if algo == "adamw" and hyper.weight_decay is None:
         raise ValueError("adamw kernels need hyper.weight_decay (got None).")
-    return hyper
+    return _run(algo, mode, [tuple(x) for x in leaves], hyper, fallback)
 
 
 def quantized_available() -> bool:
@@ -219,7 +199,7 @@ def quantized_step(
     ``[..., n_blocks, 2048]`` and float32 scales ``[..., n_blocks]`` with ``n_blocks =
     max(1, ceil(size / 2048))``. Per block the kernel decodes ``x = table[code] * scale``
     (``tables``: the float32 ``[256]`` decode tables of m and v), runs the float32 step of
-    :func:`adam_apply` (or its update form), and encodes the new moments: scale = the block's
+    :func:`float_step` (or its update form), and encodes the new moments: scale = the block's
     absolute maximum (NaN if it holds a NaN or Inf), codes = nearest entries of
     ``x / scale`` clipped to [-1, 1] (v: at least index 1 where non-zero), padding as the
     code of 0 (index 127 for m, 0 for v). Returns ``(p or u, m_codes, m_scales, v_codes,

@@ -188,4 +188,4 @@ def test_kernel_refuses_a_row_without_weight_decay():
     p, g, m, v = _data(64, jnp.float32)
     hyper = native.Hyper(*(np.float32(x) for x in (-1e-3, 0.9, 0.1, 0.999, 1e-3, 1e-8, 1, 1)))
     with pytest.raises(ValueError, match="weight_decay"):
-        native.adamw_apply([p], [g], [m], [v], hyper, fallback=lambda leaves: leaves)
+        native.float_step("adamw", "apply", [(p, g, m, v)], hyper, fallback=lambda x: x)
