@@ -181,17 +181,38 @@ def plot_curves(report: dict[str, Any], out: Path) -> Path:
     return path
 
 
+def panel_points(
+    points: list[dict[str, Any]], key: str, ceiling: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(log10 alpha, loss, bad)`` of one Figure-4 curve at the epoch named by ``key``.
+
+    A point that diverged, or whose loss is above ``ceiling``, is drawn at the ceiling and
+    marked ``bad``. A point without a loss at that epoch that did not diverge was not
+    trained that far (the staged search stopped it after its selection epochs): it is left
+    out, not drawn as diverged.
+    """
+    shown = [p for p in points if p["diverged"] or p.get(key) is not None]
+    x = np.log10([p["hparams"]["learning_rate"] for p in shown])
+    bad = np.array([p["diverged"] or p[key] > ceiling for p in shown], dtype=bool)
+    y = np.array([ceiling if b else p[key] for p, b in zip(shown, bad, strict=True)])
+    return x, y, bad
+
+
 def plot_bias_correction(report: dict[str, Any], out: Path) -> list[Path]:
     """Figure 4: loss after each reported epoch vs log10(alpha), b1 in rows, b2 in columns.
 
     Bias correction is red and no bias correction green, as in the paper. Diverged or
-    off-scale points are drawn at the top of the panel with a black cross.
+    off-scale points are drawn at the top of the panel with a black cross; points the staged
+    search did not train to an epoch are left out of that epoch's panel (see
+    :func:`panel_points`).
     """
     cfg = report["config"]
     entry = next(iter(report["variants"].values()))["adam"]
     points = entry["grid"]
     b1s = sorted({p["hparams"]["b1"] for p in points})
     b2s = sorted({p["hparams"]["b2"] for p in points})
+    alphas = np.log10([p["hparams"]["learning_rate"] for p in points])
+    lo, hi = float(alphas.min()), float(alphas.max())
     paths = []
     epochs = [e for e in cfg["report_epochs"] if e <= cfg["epochs"]]
     for i, e in enumerate(epochs):
@@ -219,15 +240,12 @@ def plot_bias_correction(report: dict[str, Any], out: Path) -> list[Path]:
                         ),
                         key=lambda p: p["hparams"]["learning_rate"],
                     )
-                    x = np.log10([p["hparams"]["learning_rate"] for p in sel])
-                    bad = np.array(
-                        [p["diverged"] or p.get(key) is None or p[key] > ceiling for p in sel]
-                    )
-                    y = np.array([ceiling if b else p[key] for p, b in zip(sel, bad, strict=True)])
+                    x, y, bad = panel_points(sel, key, ceiling)
                     ax.plot(x, y, "o-", color=color, ms=4, label=label)
                     if bad.any():
                         ax.plot(x[bad], y[bad], "x", color="black", ms=8)
                 ax.set_ylim(floor, ceiling * 1.02)
+                ax.set_xlim(lo - 0.2, hi + 0.2)  # the whole grid, though a panel shows less
                 ax.grid(alpha=0.3)
                 if r == 0:
                     ax.set_title(f"β2={b2:g}", fontsize=9)
@@ -239,7 +257,12 @@ def plot_bias_correction(report: dict[str, Any], out: Path) -> list[Path]:
         part = "(a)" if i == 0 else "(b)" if i == 1 else f"({chr(97 + i)})"
         fig.suptitle(
             f"{part} after {e} epoch{'s' if e > 1 else ''}: VAE on "
-            f"{_DATASETS.get(cfg['dataset'], cfg['dataset'])} (x: diverged / off scale)",
+            f"{_DATASETS.get(cfg['dataset'], cfg['dataset'])} (x: diverged / off scale)"
+            + (
+                f"; each curve's best step size after {cfg['select_epochs']} epochs continued"
+                if cfg.get("select_epochs") and e > cfg["select_epochs"]
+                else ""
+            ),
             fontsize=9,
         )
         fig.tight_layout()
