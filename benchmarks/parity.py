@@ -8,8 +8,9 @@ child process), side by side on the same gradients:
   most about ``lr`` per element, so this says how much of a step the libraries disagree by.
   (Differences in ulps are not reported: where ``m_t`` cancels to almost zero the update is
   tiny and one rounding of ``m_t`` is many of its ulps, while the step it changes is not.)
-* each library's error against a float64 NumPy transcription of Algorithm 1 run from the
-  same start on the same gradients, as the mean and the largest ``|theta_t - theta*_t| / lr``;
+* each library's error against the project's float64 NumPy transcription of Algorithm 1
+  (``tests/reference.py``) run from the same start on the same gradients, as the mean and
+  the largest ``|theta_t - theta*_t| / lr``;
 * the cause of the float32 differences, checked without the libraries' code: NumPy float32
   transcriptions of the first-moment line with the multiply-add fused in each of the two ways
   (``fma(b1, m, (1 - b1) g)`` and ``fma(1 - b1, g, b1 m)``, exact products, one rounding),
@@ -31,6 +32,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tests import reference
+
 N, STEPS, LR, B1, B2, EPS = 100_000, 20, 1e-3, 0.9, 0.999, 1e-8
 
 
@@ -40,26 +43,6 @@ def _data(dtype: type) -> tuple[np.ndarray, list[np.ndarray]]:
     scale = 10.0 ** rng.uniform(-4, 2, N)
     grads: list[np.ndarray] = [(rng.standard_normal(N) * scale).astype(dtype) for _ in range(STEPS)]
     return theta, grads
-
-
-def exact_adam(theta0: np.ndarray, grads: list[np.ndarray]) -> list[np.ndarray]:
-    r"""Algorithm 1 of Kingma & Ba (2015) in float64: the parameters after each step.
-
-    .. math::
-        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
-        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
-        \theta_t = \theta_{t-1} - \alpha \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t)}
-        + \epsilon}
-    """
-    theta = theta0.astype(np.float64)
-    m, v, out = np.zeros_like(theta), np.zeros_like(theta), []
-    for t, g in enumerate(grads, start=1):
-        g = g.astype(np.float64)
-        m = B1 * m + (1 - B1) * g
-        v = B2 * v + (1 - B2) * g * g
-        theta = theta - LR * (m / (1 - B1**t)) / (np.sqrt(v / (1 - B2**t)) + EPS)
-        out.append(theta)
-    return out
 
 
 def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -143,7 +126,7 @@ def measure(x64: bool) -> None:
     kernel, _, _ = trajectory(adamjax.adam(LR), fused=True)
     theirs, theirs_u, theirs_state = trajectory(optax.adam(LR), fused=False)
     torch_params = _torch_trajectory(theta0, grads)
-    exact = exact_adam(theta0, grads)
+    exact = list(reference.adam(theta0, grads, LR, B1, B2, EPS))
 
     def pairwise(a: list[np.ndarray], b: list[np.ndarray]) -> list[tuple[float, float]]:
         return [_compare(x, y) for x, y in zip(a, b, strict=True)]

@@ -135,7 +135,7 @@ def chain(*transforms: Any, implementation: str = "auto") -> GradientTransformat
         if implementation == "native" and verdict.error is not None:
             raise verdict.error
         return pure
-    return _lowered(transforms, pure, implementation == "native")
+    return _lowered(transforms, verdict.plan, pure, implementation == "native")
 
 
 # ----------------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def kernel_gate(
 # The lowered transformation.
 
 
-def _lowered(transforms: tuple, pure: Any, force: bool) -> FusedTransformation:
+def _lowered(transforms: tuple, plan: _Plan, pure: Any, force: bool) -> FusedTransformation:
     # ``update`` runs the kernel's update form only when asked (``"native"``): it has to
     # write the update to a buffer of its own, which XLA:CPU allocates afresh every step,
     # while the chain fuses with the caller's apply_updates into one pass without it, and
@@ -298,8 +298,6 @@ def _lowered(transforms: tuple, pure: Any, force: bool) -> FusedTransformation:
     def fused_apply(grads, state, params):
         return _maybe_native("apply", transforms, force, grads, state, params)
 
-    plan = kernel_gate(transforms).plan
-    assert plan is not None
     if not (force or plan.int8):
         return FusedTransformation(pure.init, pure.update, fused_apply)
 
