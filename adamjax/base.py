@@ -11,6 +11,7 @@ message that names the primitive and what it expected.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import jax
@@ -30,7 +31,12 @@ MomentKind = Literal["ema_sq", "inf_norm", "sum_sq"]
 _INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
-@jax.tree_util.register_pytree_node_class
+def _static(default: Any) -> Any:
+    """A dataclass field that is part of the treedef, not a pytree child."""
+    return dataclasses.field(default=default, metadata={"static": True})
+
+
+@dataclasses.dataclass(frozen=True, repr=False, eq=False)
 class Moments:
     """The moment estimates passed from one primitive of Algorithm 1 to the next.
 
@@ -50,59 +56,35 @@ class Moments:
       known_betas: the decay rates when they were Python numbers (static; ``None`` for a
         traced or array rate), used to check explicit arguments against them at trace time.
 
-    It is a pytree, so it can flow through ``jax.jit`` and ``optax.chain``; it is never
-    stored in an optimizer state.
+    It is a registered dataclass pytree (the ``static`` fields are its treedef, the rest its
+    children), so it can flow through ``jax.jit`` and ``optax.chain``; it is never stored in
+    an optimizer state.
     """
 
-    def __init__(
-        self,
-        mu: Any,
-        nu: Any,
-        count: jax.Array,
-        kind: MomentKind = "ema_sq",
-        corrected: bool = False,
-        b1: Any = None,
-        b2: Any = None,
-        grad: Any = None,
-        known_betas: tuple[float | None, float | None] = (None, None),
-    ):
-        self.mu = mu
-        self.nu = nu
-        self.count = count
-        self.kind = kind
-        self.corrected = corrected
-        self.b1 = b1
-        self.b2 = b2
-        self.grad = grad
-        self.known_betas = known_betas
-
-    def tree_flatten(self):
-        children = (self.mu, self.nu, self.count, self.b1, self.b2, self.grad)
-        return children, (self.kind, self.corrected, self.known_betas)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        mu, nu, count, b1, b2, grad = children
-        kind, corrected, known = aux
-        return cls(mu, nu, count, kind, corrected, b1, b2, grad, known)
+    mu: Any
+    nu: Any
+    count: jax.Array
+    kind: MomentKind = _static("ema_sq")
+    corrected: bool = _static(False)
+    b1: Any = None
+    b2: Any = None
+    grad: Any = None
+    known_betas: tuple[float | None, float | None] = _static((None, None))
 
     def replace(self, **changes: Any) -> Moments:
-        fields = dict(
-            mu=self.mu,
-            nu=self.nu,
-            count=self.count,
-            kind=self.kind,
-            corrected=self.corrected,
-            b1=self.b1,
-            b2=self.b2,
-            grad=self.grad,
-            known_betas=self.known_betas,
-        )
-        fields.update(changes)
-        return Moments(**fields)
+        """A copy with ``changes`` applied (:func:`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)
 
     def __repr__(self) -> str:
         return f"Moments(kind={self.kind!r}, corrected={self.corrected}, mu=..., nu=...)"
+
+
+# The field lists are read from the ``static`` metadata, so each field is named once.
+jax.tree_util.register_dataclass(
+    Moments,
+    data_fields=[f.name for f in dataclasses.fields(Moments) if not f.metadata.get("static")],
+    meta_fields=[f.name for f in dataclasses.fields(Moments) if f.metadata.get("static")],
+)
 
 
 def record_beta(beta: Any) -> tuple[Any, float | None]:
