@@ -66,12 +66,14 @@ def _custom_step(mode: str, plan: _Plan, static: dict[str, Any], flags: Any) -> 
 
     def pure(dynamic, p, g, mu, nu, count, mask=None):
         # The chain on lists of leaves (elementwise, so the structure changes no bit).
-        tx = plan.pure({**static, **dynamic}, mask=mask)
-        st = tx.init(g)  # only its structure is used: XLA drops the zeros
-        ms = st[0]._replace(count=count, mu=list(mu), nu=list(nu))
-        u, new = tx.update(list(g), (ms, *st[1:]), list(p) if p else None)
+        estimator, rest = plan.pure({**static, **dynamic}, mask=mask)
+        params = list(p) if p else None
+        # The estimator's state at (count, mu, nu): init gives its type, XLA drops the zeros.
+        state = estimator.init(g)._replace(count=count, mu=list(mu), nu=list(nu))
+        moments, state = estimator.update(list(g), state, params)
+        u, _ = rest.update(moments, rest.init(g), params)
         first = apply_updates(list(p), u) if mode == "apply" else u
-        return list(first), list(new[0].mu), list(new[0].nu)
+        return list(first), list(state.mu), list(state.nu)
 
     def run(algo, hyper, dynamic, p, g, mu, nu, count, mask):
         reads_p = mode == "apply" or algo == "adamw"

@@ -66,20 +66,23 @@ class _Plan:
             "lr": lr,
         }
 
-    def pure(self, v: dict[str, Any], mask: Any = None) -> optax.GradientTransformation:
-        """The chain rebuilt from its primitives with the hyperparameters ``v``; AdamW's
-        decay with ``mask`` (``False``: the chain without it, i.e. Adam's)."""
+    def pure(
+        self, v: dict[str, Any], mask: Any = None
+    ) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+        """The chain rebuilt from its primitives with the hyperparameters ``v``, as its
+        moment estimator and the stateless rest that turns its moments into an update;
+        AdamW's decay with ``mask`` (``False``: the chain without it, i.e. Adam's)."""
         rates = {"b1": v["b1"], "b2": v["b2"]}
         if "b1_decay" in self.moments.hyper:
             rates["b1_decay"] = v["b1_decay"]
-        parts = [self.moments.rebuild(**rates)]
+        rest = []
         if self.bias is not None:
-            parts.append(self.bias.rebuild(b1=v["cb1"], b2=v["cb2"], enabled=v["enabled"]))
-        parts.append(self.precondition.rebuild(eps=v["eps"]))
+            rest.append(self.bias.rebuild(b1=v["cb1"], b2=v["cb2"], enabled=v["enabled"]))
+        rest.append(self.precondition.rebuild(eps=v["eps"]))
         if self.decay is not None and mask is not False:
-            parts.append(self.decay.build(weight_decay=v["wd"], mask=mask))
-        parts.append(self.lr.rebuild(learning_rate=v["lr"]))
-        return optax.chain(*parts)
+            rest.append(self.decay.build(weight_decay=v["wd"], mask=mask))
+        rest.append(self.lr.rebuild(learning_rate=v["lr"]))  # a value: no schedule state
+        return self.moments.rebuild(**rates), optax.chain(*rest)
 
 
 def _match(transforms: tuple) -> tuple[_Plan | None, str]:
