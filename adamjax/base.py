@@ -108,6 +108,22 @@ def expect_moments(primitive: str, value: Any, hint: str) -> Moments:
     return value
 
 
+def on_moments(primitive: str, hint: str, step: Any) -> GradientTransformation:
+    """A stateless stage between primitives of Algorithm 1: ``update`` checks that it
+    receives :class:`Moments` (else :class:`CompositionError` with ``hint``) and returns
+    ``step(moments)``, the moments (or the update tree) this stage makes of them."""
+
+    def init(params):
+        del params
+        return EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        return step(expect_moments(primitive, updates, hint)), state
+
+    return GradientTransformation(init, update)
+
+
 def expect_updates(primitive: str, value: Any, hint: str) -> Any:
     """Return ``value`` if it is a plain update tree, else raise :class:`CompositionError`."""
     if isinstance(value, Moments):

@@ -11,12 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from adamjax import _validate
-from adamjax.base import (
-    CompositionError,
-    EmptyState,
-    GradientTransformation,
-    expect_moments,
-)
+from adamjax.base import CompositionError, GradientTransformation, Moments, on_moments
 from adamjax.spec import Primitive, Spec
 
 
@@ -84,15 +79,7 @@ def bias_correct(
     if b2 is not None:
         _validate.check_beta(fn, "b2", b2)
 
-    def init(params):
-        del params
-        return EmptyState()
-
-    def update(updates, state, params=None):
-        del params
-        m = expect_moments(
-            fn, updates, "Put scale_by_moments (or scale_by_inf_moment) before bias_correct."
-        )
+    def correct(m: Moments) -> Moments:
         if m.kind == "sum_sq":
             raise CompositionError(
                 "bias_correct received AdaGrad's running sum of squares "
@@ -121,8 +108,10 @@ def bias_correct(
             new_nu = m.nu
         else:
             new_nu = jax.tree.map(lambda v: v / _correction(m.b2, m.count, v.dtype, enabled), m.nu)
-        return m.replace(mu=new_mu, nu=new_nu, corrected=True), state
+        return m.replace(mu=new_mu, nu=new_nu, corrected=True)
 
+    hint = "Put scale_by_moments (or scale_by_inf_moment) before bias_correct."
     options = {} if mu and nu else {"mu": mu, "nu": nu}
     spec = Spec(fn, {"b1": b1, "b2": b2, "enabled": enabled}, options, bias_correct)
-    return Primitive(init, update, spec)
+    stage = on_moments(fn, hint, correct)
+    return Primitive(stage.init, stage.update, spec)

@@ -6,13 +6,7 @@ from __future__ import annotations
 
 import jax
 
-from adamjax.base import (
-    CompositionError,
-    EmptyState,
-    GradientTransformation,
-    abs_sq,
-    expect_moments,
-)
+from adamjax.base import CompositionError, GradientTransformation, Moments, abs_sq, on_moments
 
 
 def center() -> GradientTransformation:
@@ -28,16 +22,10 @@ def center() -> GradientTransformation:
     """
     fn = "center"
 
-    def init(params):
-        del params
-        return EmptyState()
-
-    def update(updates, state, params=None):
-        del params
-        m = expect_moments(fn, updates, "Put scale_by_moments(decay, decay) before center.")
+    def centre(m: Moments) -> Moments:
         if m.kind != "ema_sq" or m.grad is None:
             raise CompositionError(f"{fn} needs Adam-style moments; got kind={m.kind!r}.")
         nu = jax.tree.map(lambda v, mu: v - abs_sq(mu), m.nu, m.mu)
-        return m.replace(mu=m.grad, nu=nu), state
+        return m.replace(mu=m.grad, nu=nu)
 
-    return GradientTransformation(init, update)
+    return on_moments(fn, "Put scale_by_moments(decay, decay) before center.", centre)

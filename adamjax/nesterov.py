@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from adamjax.base import CompositionError, EmptyState, GradientTransformation, expect_moments
+from adamjax.base import CompositionError, GradientTransformation, Moments, on_moments
 
 
 def bias_correct_nesterov(*, enabled: Any = True) -> GradientTransformation:
@@ -33,13 +33,7 @@ def bias_correct_nesterov(*, enabled: Any = True) -> GradientTransformation:
     """
     fn = "bias_correct_nesterov"
 
-    def init(params):
-        del params
-        return EmptyState()
-
-    def update(updates, state, params=None):
-        del params
-        m = expect_moments(fn, updates, "Put scale_by_moments before bias_correct_nesterov.")
+    def correct(m: Moments) -> Moments:
         if m.kind != "ema_sq" or m.corrected or m.b1 is None or m.grad is None:
             raise CompositionError(
                 f"{fn} needs uncorrected Adam moments from scale_by_moments (got "
@@ -58,6 +52,6 @@ def bias_correct_nesterov(*, enabled: Any = True) -> GradientTransformation:
 
         mu = jax.tree.map(look_ahead, m.mu, m.grad)
         nu = jax.tree.map(lambda v: v / one(m.b2, t, v.dtype), m.nu)
-        return m.replace(mu=mu, nu=nu, corrected=True), state
+        return m.replace(mu=mu, nu=nu, corrected=True)
 
-    return GradientTransformation(init, update)
+    return on_moments(fn, "Put scale_by_moments before bias_correct_nesterov.", correct)

@@ -11,12 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from adamjax import _validate
-from adamjax.base import (
-    CompositionError,
-    EmptyState,
-    GradientTransformation,
-    expect_moments,
-)
+from adamjax.base import CompositionError, GradientTransformation, Moments, on_moments
 from adamjax.spec import Primitive, Spec
 
 
@@ -41,17 +36,7 @@ def precondition(eps: Any = 1e-8, eps_root: Any = 0.0) -> GradientTransformation
     _validate.check_nonnegative(fn, "eps", eps)
     _validate.check_nonnegative(fn, "eps_root", eps_root)
 
-    def init(params):
-        del params
-        return EmptyState()
-
-    def update(updates, state, params=None):
-        del params
-        m = expect_moments(
-            fn,
-            updates,
-            "Put scale_by_moments (and optionally bias_correct) before precondition.",
-        )
+    def direction(m: Moments) -> Any:
         if m.kind == "inf_norm":
             if not _validate.is_python_number(eps_root, 0.0):
                 raise CompositionError(
@@ -63,7 +48,9 @@ def precondition(eps: Any = 1e-8, eps_root: Any = 0.0) -> GradientTransformation
             out = jax.tree.map(lambda mu, v: mu / (jnp.sqrt(v) + eps), m.mu, m.nu)
         else:
             out = jax.tree.map(lambda mu, v: mu / (jnp.sqrt(v + eps_root) + eps), m.mu, m.nu)
-        return out, state
+        return out
 
+    hint = "Put scale_by_moments (and optionally bias_correct) before precondition."
     spec = Spec(fn, {"eps": eps, "eps_root": eps_root}, {}, precondition)
-    return Primitive(init, update, spec)
+    stage = on_moments(fn, hint, direction)
+    return Primitive(stage.init, stage.update, spec)

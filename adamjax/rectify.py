@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from adamjax import _validate
-from adamjax.base import CompositionError, EmptyState, GradientTransformation, expect_moments
+from adamjax.base import CompositionError, GradientTransformation, Moments, on_moments
 
 
 def precondition_rectified(
@@ -43,13 +43,7 @@ def precondition_rectified(
     _validate.check_nonnegative(fn, "eps_root", eps_root)
     _validate.check_range(fn, "threshold", threshold, low=4.0)
 
-    def init(params):
-        del params
-        return EmptyState()
-
-    def update(updates, state, params=None):
-        del params
-        m = expect_moments(fn, updates, "Put scale_by_moments, bias_correct first.")
+    def rectified(m: Moments) -> Any:
         if m.kind != "ema_sq" or not m.corrected or m.b2 is None:
             raise CompositionError(
                 f"{fn} needs bias-corrected Adam moments (scale_by_moments, then "
@@ -67,6 +61,6 @@ def precondition_rectified(
             adaptive = r * mu / (jnp.sqrt(v + eps_root) + eps)
             return jnp.where(rho >= threshold, adaptive, mu)
 
-        return jax.tree.map(direction, m.mu, m.nu), state
+        return jax.tree.map(direction, m.mu, m.nu)
 
-    return GradientTransformation(init, update)
+    return on_moments(fn, "Put scale_by_moments, bias_correct first.", rectified)
