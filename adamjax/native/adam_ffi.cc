@@ -575,26 +575,14 @@ ffi::Error RooflineImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> p_in,
 // hyper rows hold 9 floats (weight_decay last), the others' 8. (The
 // binding passes a few dozen leaves per call: XLA's compile time grows faster than linearly
 // with the number of aliased results of one call.)
-#define ADAMJAX_STEP_BINDING       \
-  ffi::Ffi::Bind()                 \
-      .Ctx<ffi::ThreadPool>()      \
-      .Attr<int32_t>("fma")        \
-      .Arg<ffi::Buffer<ffi::F32>>() \
-      .RemainingArgs()             \
-      .RemainingRets()
+#define ADAMJAX_STEP_BINDING ADAMJAX_BIND_STEP_HEAD.RemainingArgs().RemainingRets()
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamApply, (StepImpl<Algo::kAdam, true>),
-                              ADAMJAX_STEP_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamUpdate, (StepImpl<Algo::kAdam, false>),
-                              ADAMJAX_STEP_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxApply, (StepImpl<Algo::kAdaMax, true>),
-                              ADAMJAX_STEP_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxUpdate, (StepImpl<Algo::kAdaMax, false>),
-                              ADAMJAX_STEP_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamwApply, (StepImpl<Algo::kAdamW, true>),
-                              ADAMJAX_STEP_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamwUpdate, (StepImpl<Algo::kAdamW, false>),
-                              ADAMJAX_STEP_BINDING);
+ADAMJAX_DEFINE_STEP_PAIR(AdamjaxAdamApply, AdamjaxAdamUpdate, StepImpl, Algo::kAdam,
+                         ADAMJAX_STEP_BINDING);
+ADAMJAX_DEFINE_STEP_PAIR(AdamjaxAdamaxApply, AdamjaxAdamaxUpdate, StepImpl, Algo::kAdaMax,
+                         ADAMJAX_STEP_BINDING);
+ADAMJAX_DEFINE_STEP_PAIR(AdamjaxAdamwApply, AdamjaxAdamwUpdate, StepImpl, Algo::kAdamW,
+                         ADAMJAX_STEP_BINDING);
 // Benchmarks only (benchmarks/): the memory roofline of a float32 step, p, m, v += g.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxRoofline, RooflineImpl,
                               ffi::Ffi::Bind()

@@ -30,6 +30,17 @@ namespace ffi = xla::ffi;
 #if defined(__GNUC__) || defined(__clang__)
 #define ADAMJAX_INLINE inline __attribute__((always_inline))
 #define ADAMJAX_RESTRICT __restrict__
+
+// The FFI binding every step target shares: the thread pool, the `fma` attribute and the
+// hyperparameter rows (float32) first; each target then adds its own arguments.
+#define ADAMJAX_BIND_STEP_HEAD \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Attr<int32_t>("fma").Arg<ffi::Buffer<ffi::F32>>()
+
+// One algorithm's two targets from one step template: `apply` writes the parameters,
+// `update` returns the updates.
+#define ADAMJAX_DEFINE_STEP_PAIR(apply, update, impl, algo, binding)   \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(apply, (impl<algo, true>), binding);    \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(update, (impl<algo, false>), binding)
 #else
 #define ADAMJAX_INLINE inline
 #define ADAMJAX_RESTRICT

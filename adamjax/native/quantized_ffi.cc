@@ -464,21 +464,13 @@ ffi::Error QStepImpl(ffi::ThreadPool pool, int32_t fma, ffi::Buffer<ffi::F32> hy
 
 }  // namespace
 
-#define ADAMJAX_QSTEP_BINDING       \
-  ffi::Ffi::Bind()                  \
-      .Ctx<ffi::ThreadPool>()       \
-      .Attr<int32_t>("fma")         \
-      .Arg<ffi::Buffer<ffi::F32>>() \
-      .Arg<ffi::Buffer<ffi::F32>>() \
-      .Arg<ffi::Buffer<ffi::F32>>() \
-      .RemainingArgs()              \
+// (hyper, the two moments' decode tables, leaves...) -> (outputs per leaf).
+#define ADAMJAX_QSTEP_BINDING                                                     \
+  ADAMJAX_BIND_STEP_HEAD.Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>() \
+      .RemainingArgs()                                                            \
       .RemainingRets()
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamApplyQ8, (QStepImpl<Algo::kAdam, true>),
-                              ADAMJAX_QSTEP_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamUpdateQ8, (QStepImpl<Algo::kAdam, false>),
-                              ADAMJAX_QSTEP_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxApplyQ8, (QStepImpl<Algo::kAdaMax, true>),
-                              ADAMJAX_QSTEP_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamjaxAdamaxUpdateQ8, (QStepImpl<Algo::kAdaMax, false>),
-                              ADAMJAX_QSTEP_BINDING);
+ADAMJAX_DEFINE_STEP_PAIR(AdamjaxAdamApplyQ8, AdamjaxAdamUpdateQ8, QStepImpl, Algo::kAdam,
+                         ADAMJAX_QSTEP_BINDING);
+ADAMJAX_DEFINE_STEP_PAIR(AdamjaxAdamaxApplyQ8, AdamjaxAdamaxUpdateQ8, QStepImpl, Algo::kAdaMax,
+                         ADAMJAX_QSTEP_BINDING);
