@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +65,17 @@ def run(opt, params, grads_seq, *, jit: bool = True, apply=adamjax.apply_updates
     return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
 
 
+def jit_step(opt, apply=adamjax.apply_updates):
+    """``update`` then ``apply`` in one jit: ``step(params, state, grads) -> (params, state)``."""
+
+    @jax.jit
+    def step(p, s, g):
+        u, s = opt.update(g, s, p)
+        return apply(p, u), s
+
+    return step
+
+
 def run_loop(opt, params, grads, *, jit: bool = False, apply=adamjax.apply_updates):
     """``update`` then ``apply`` for each gradient tree of the list ``grads``, in a Python loop
     (``update`` jitted if ``jit``); return the final params and optimizer state."""
@@ -112,6 +124,18 @@ def assert_tree_close(actual, expected, rtol, atol):
             atol=atol,
             err_msg=jax.tree_util.keystr(path),
         )
+
+
+def assert_matches_reference_float64(name, make, reference, steps):
+    """``make()`` run over ``steps`` float64 gradients (a tree and gradients seeded by ``name``)
+    stays float64 and equals ``reference`` leaf by leaf (rtol 1e-10, atol 1e-12)."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    with jax.enable_x64(True):
+        params = random_tree(rng, np.float64)
+        grads = gradient_sequence(rng, params, steps, np.float64)
+        got = run(make(), params, grads)
+        assert jax.tree.leaves(got)[0].dtype == np.float64
+        assert_tree_close(got, reference_tree(reference, params, grads), rtol=1e-10, atol=1e-12)
 
 
 def reference_tree(reference, params, grads_seq):

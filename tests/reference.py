@@ -11,6 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def _moments(m, v, g, b1, b2):
+    """Algorithm 1's biased first and second raw moment estimates after gradient g."""
+    return b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
+
+
 def adam(
     theta0, grads, alpha, b1=0.9, b2=0.999, eps=1e-8, bias_correction=True, lam=1.0, alpha_fn=None
 ):
@@ -130,8 +135,7 @@ def adamw(theta0, grads, alpha, b1=0.9, b2=0.999, eps=1e-8, wd=1e-4, decay=True)
     out = []
     for t, g in enumerate(grads, start=1):
         g = np.asarray(g, np.float64)
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g**2
+        m, v = _moments(m, v, g, b1, b2)
         m_hat = m / (1 - b1**t)
         v_hat = v / (1 - b2**t)
         wd_t = wd(t - 1) if callable(wd) else wd
@@ -155,8 +159,7 @@ def amsgrad(theta0, grads, alpha, b1=0.9, b2=0.999, eps=1e-8, max_of="corrected"
     out = []
     for t, g in enumerate(grads, start=1):
         g = np.asarray(g, np.float64)
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g**2
+        m, v = _moments(m, v, g, b1, b2)
         if max_of == "paper":
             v_max = np.maximum(v_max, v)
             step = m / (np.sqrt(v_max) + eps)
@@ -189,8 +192,7 @@ def nadam(theta0, grads, alpha, b1=0.9, b2=0.999, eps=1e-8, mu=None):
     for t, g in enumerate(grads, start=1):
         g = np.asarray(g, np.float64)
         prod *= mu(t)
-        m = b1 * m + (1 - b1) * g
-        n = b2 * n + (1 - b2) * g**2
+        m, n = _moments(m, n, g, b1, b2)
         g_hat = g / (1 - prod)
         m_hat = m / (1 - prod * mu(t + 1))
         m_bar = (1 - mu(t)) * g_hat + mu(t + 1) * m_hat
@@ -208,8 +210,7 @@ def radam(theta0, grads, alpha, b1=0.9, b2=0.999, eps=1e-8, threshold=5.0, eps_r
     out = []
     for t, g in enumerate(grads, start=1):
         g = np.asarray(g, np.float64)
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g**2
+        m, v = _moments(m, v, g, b1, b2)
         m_hat = m / (1 - b1**t)
         rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
         if rho >= threshold:

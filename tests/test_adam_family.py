@@ -14,10 +14,10 @@ import pytest
 import adamjax
 from tests import reference as ref
 from tests.helpers import (
+    assert_matches_reference_float64,
     assert_tree_close,
     gradient_sequence,
     random_tree,
-    reference_tree,
     run,
 )
 
@@ -83,13 +83,7 @@ PAPER = [
 
 @pytest.mark.parametrize("name,make,reference", PAPER, ids=[c[0] for c in PAPER])
 def test_matches_paper_float64(name, make, reference):
-    rng = np.random.default_rng(zlib.crc32(name.encode()))
-    with jax.enable_x64(True):
-        params = random_tree(rng, np.float64)
-        grads = gradient_sequence(rng, params, STEPS, np.float64)
-        got = run(make(), params, grads)
-        assert jax.tree.leaves(got)[0].dtype == np.float64
-        assert_tree_close(got, reference_tree(reference, params, grads), rtol=1e-10, atol=1e-12)
+    assert_matches_reference_float64(name, make, reference, STEPS)
 
 
 def test_amsgrad_placements_differ_early_and_agree_late():

@@ -11,6 +11,7 @@ import pytest
 import adamjax
 from tests import reference as ref
 from tests.helpers import (
+    assert_matches_reference_float64,
     assert_tree_close,
     gradient_sequence,
     random_tree,
@@ -93,14 +94,7 @@ CASES = [
 
 @pytest.mark.parametrize("name,make,reference", CASES, ids=[c[0] for c in CASES])
 def test_alias_matches_paper_float64(name, make, reference):
-    rng = np.random.default_rng(zlib.crc32(name.encode()))
-    with jax.enable_x64(True):
-        params = random_tree(rng, np.float64)
-        grads = gradient_sequence(rng, params, STEPS, np.float64)
-        got = run(make(), params, grads)
-        assert jax.tree.leaves(got)[0].dtype == np.float64
-        want = reference_tree(reference, params, grads)
-        assert_tree_close(got, want, rtol=1e-10, atol=1e-12)
+    assert_matches_reference_float64(name, make, reference, STEPS)
 
 
 @pytest.mark.parametrize("name,make,reference", CASES, ids=[c[0] for c in CASES])

@@ -60,14 +60,19 @@ def test_wrong_composition_names_the_primitive(opt, fragments):
         assert fragment in str(info.value), str(info.value)
 
 
-def test_adam_is_the_four_primitives():
-    composed = adamjax.chain(
-        adamjax.scale_by_moments(0.9, 0.999),
-        adamjax.bias_correct(0.9, 0.999),
-        adamjax.precondition(1e-8),
+def _four_primitives(moments=(0.9, 0.999), correct=(0.9, 0.999), eps=1e-8):
+    """Adam with learning rate 1e-3 as its four primitives: scale_by_moments(*moments),
+    bias_correct(*correct), precondition(eps), scale_by_lr(1e-3)."""
+    return adamjax.chain(
+        adamjax.scale_by_moments(*moments),
+        adamjax.bias_correct(*correct),
+        adamjax.precondition(eps),
         adamjax.scale_by_lr(1e-3),
     )
-    a = _trace(composed)[0]["w"]
+
+
+def test_adam_is_the_four_primitives():
+    a = _trace(_four_primitives())[0]["w"]
     b = _trace(adamjax.adam(1e-3))[0]["w"]
     assert jnp.array_equal(a, b)
     # First step of Adam with a constant gradient is exactly -alpha * g/|g| (up to eps).
@@ -79,25 +84,13 @@ def test_bias_correct_reads_the_estimators_betas():
     the first step of Adam on a constant gradient is exactly -alpha (the correction cancels
     the (1 - b)^1 of the first moment only if the same b is used)."""
     for b1, b2 in ((0.9, 0.999), (0.5, 0.9), (0.0, 0.99)):
-        opt = adamjax.chain(
-            adamjax.scale_by_moments(b1, b2),
-            adamjax.bias_correct(),
-            adamjax.precondition(0.0),
-            adamjax.scale_by_lr(1e-3),
-        )
-        u = _trace(opt)[0]["w"]
+        u = _trace(_four_primitives((b1, b2), correct=(), eps=0.0))[0]["w"]
         assert jnp.allclose(u, -1e-3, rtol=1e-6), (b1, b2, u)
 
 
 def test_bias_correct_with_disagreeing_betas_names_both():
-    opt = adamjax.chain(
-        adamjax.scale_by_moments(0.9, 0.999),
-        adamjax.bias_correct(0.5, 0.9),
-        adamjax.precondition(1e-8),
-        adamjax.scale_by_lr(1e-3),
-    )
     with pytest.raises(CompositionError) as info:
-        _trace(opt)
+        _trace(_four_primitives(correct=(0.5, 0.9)))
     message = str(info.value)
     assert "b1=0.5" in message and "b1=0.9" in message, message
     # agreeing explicit betas are accepted

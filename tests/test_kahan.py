@@ -18,7 +18,7 @@ from flax.training import train_state
 import adamjax
 import adamjax.flax
 from adamjax.kahan import KahanSummationState, kahan_summation
-from tests.helpers import assert_trees_equal
+from tests.helpers import assert_trees_equal, jit_step
 
 # Significant bits (precision p) of each low-precision dtype: unit roundoff 2**-p.
 _BITS = {jnp.bfloat16: 8, jnp.float16: 11}
@@ -172,17 +172,9 @@ def test_every_apply_path_lands_on_the_same_parameters_and_state():
     grads = _grads(rng, params, 12)
     opt = kahan_summation(adamjax.adam(1e-3))
 
-    def two_call(apply):
-        @jax.jit
-        def step(p, s, g):
-            u, s = opt.update(g, s, p)
-            return apply(p, u), s
-
-        return step
-
     steppers = {
-        "optax.apply_updates": two_call(optax.apply_updates),
-        "adamjax.apply_updates": two_call(adamjax.apply_updates),
+        "optax.apply_updates": jit_step(opt, optax.apply_updates),
+        "adamjax.apply_updates": jit_step(opt, adamjax.apply_updates),
         "adamjax.apply_gradients": jax.jit(
             lambda p, s, g: adamjax.apply_gradients(opt, g, s, p), donate_argnums=(0, 1)
         ),
@@ -233,12 +225,7 @@ def test_every_apply_path_lands_on_the_same_parameters_and_state():
     plain = adamjax.adam(1e-3)
     pf = {"f": params["f"]}
     sf = plain.init(pf)
-
-    @jax.jit
-    def plain_step(p, s, g):
-        u, s = plain.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
+    plain_step = jit_step(plain, optax.apply_updates)
     for g in grads:
         pf, sf = plain_step(pf, sf, {"f": g["f"]})
     np.testing.assert_array_equal(np.asarray(ref_p["f"]), np.asarray(pf["f"]))
@@ -282,12 +269,7 @@ def test_under_wrappers_the_apply_paths_agree_and_follow_float32(wrapping):
     # float32 gradients, so that the float32 run's optimizer sees the same numbers.
     grads = [{"w": jnp.asarray(rng.normal(size=64), jnp.float32)} for _ in range(steps)]
     opt = _wrapped(wrapping, kahan=True)
-
-    @jax.jit
-    def two_call(p, s, g):
-        u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
+    two_call = jit_step(opt, optax.apply_updates)
     fused = jax.jit(lambda p, s, g: adamjax.apply_gradients(opt, g, s, p))
     pa, sa = params, opt.init(params)
     pb, sb = params, opt.init(params)
@@ -300,12 +282,7 @@ def test_under_wrappers_the_apply_paths_agree_and_follow_float32(wrapping):
     plain = _wrapped(wrapping, kahan=False)
     p32 = {"w": params["w"].astype(jnp.float32)}
     s32 = plain.init(p32)
-
-    @jax.jit
-    def plain_step(p, s, g):
-        u, s = plain.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
+    plain_step = jit_step(plain, optax.apply_updates)
     for g in grads:
         p32, s32 = plain_step(p32, s32, g)
     got, want = _np(pa["w"]), _np(p32["w"])

@@ -259,19 +259,19 @@ WRONG_INPUTS = [
         "apply_gradients: the gradients' tree does not match that of the parameters: there is "
         "a leaf at ['layer']['v'] in the gradients but not in the parameters.",
     ),
-    (
-        "integer gradient",
-        lambda: _update(adamjax.adam(1e-3), _INT),
-        TypeError,
-        "adam: the gradient at ['layer']['w'] has dtype int32 (non-floating), but the "
-        "parameter there has dtype float32 (real floating).",
-    ),
-    (
-        "complex gradient of a real parameter",
-        lambda: _update(adamjax.adam(1e-3), _COMPLEX),
-        TypeError,
-        "adam: the gradient at ['layer']['w'] has dtype complex64 (complex), but the "
-        "parameter there has dtype float32 (real floating).",
+    # a gradient that is not real floating, for a float32 parameter: the same message
+    *(
+        (
+            label,
+            lambda grads=grads: _update(adamjax.adam(1e-3), grads),
+            TypeError,
+            f"adam: the gradient at ['layer']['w'] has dtype {dtype}, but the parameter there "
+            "has dtype float32 (real floating).",
+        )
+        for label, grads, dtype in [
+            ("integer gradient", _INT, "int32 (non-floating)"),
+            ("complex gradient of a real parameter", _COMPLEX, "complex64 (complex)"),
+        ]
     ),
     (
         '`state_dtype="int4"`',

@@ -101,6 +101,17 @@ def _both(make, **kw):
     return out
 
 
+def _on_special_data(make, learning_rate, state_dtype, n, count):
+    """Jitted (update, apply) of the kernel and of the chain of ``make``, and ``p, g`` and the
+    chain's state after ``count`` steps from ``_data(n, state_dtype, special=True)`` (its
+    second moment is nonnegative: a valid v or AdaMax's u)."""
+    (_, k_update, k_apply), (chain, c_update, c_apply) = _both(
+        make, learning_rate=learning_rate, state_dtype=state_dtype
+    )
+    p, g, m, v = _data(n, state_dtype, special=True)
+    return (k_update, k_apply), (c_update, c_apply), p, g, _state(chain, p, m, v, count)
+
+
 def test_native_library_is_available():
     """Fails (does not skip) without the kernel, unless it was switched off on purpose."""
     info = native.native_info()
@@ -145,11 +156,9 @@ def test_adam_matches_chain(n, state_dtype):
 @needs_kernel
 @pytest.mark.parametrize("state_dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 def test_nan_inf_pass_through_like_the_chain(state_dtype):
-    (_, k_update, k_apply), (chain, c_update, c_apply) = _both(
-        adamjax.adam, learning_rate=1e-3, state_dtype=state_dtype
+    (k_update, k_apply), (c_update, c_apply), p, g, st = _on_special_data(
+        adamjax.adam, 1e-3, state_dtype, 1030, count=4
     )
-    p, g, m, v = _data(1030, state_dtype, special=True)
-    st = _state(chain, p, m, v, 4)
     gp, gst = k_apply(g, st, p)
     assert np.isnan(np.asarray(gp)[0]) and np.isnan(np.asarray(gst[0].nu, np.float32)[0])
     assert_trees(k_apply(g, st, p), c_apply(g, st, p), "apply")
@@ -205,11 +214,9 @@ def test_saturated_count():
 @needs_kernel
 @pytest.mark.parametrize("state_dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 def test_adamax_matches_chain(state_dtype):
-    (_, k_update, k_apply), (chain, c_update, c_apply) = _both(
-        adamjax.adamax, learning_rate=2e-3, state_dtype=state_dtype
+    (k_update, k_apply), (c_update, c_apply), p, g, st = _on_special_data(
+        adamjax.adamax, 2e-3, state_dtype, 100_003, count=0
     )
-    p, g, m, u = _data(100_003, state_dtype, special=True)
-    st = _state(chain, p, m, jnp.abs(u), 0)
     for step in range(1, 3):
         assert_trees(k_update(g, st, p), c_update(g, st, p), f"update, step {step}")
         assert_trees(k_apply(g, st, p), c_apply(g, st, p), f"apply, step {step}")
