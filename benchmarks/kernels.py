@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import subprocess
 import tempfile
 
@@ -96,6 +97,21 @@ def _optax_step(opt):
         return optax.apply_updates(p, u), st
 
     return jax.jit(step, donate_argnums=(0, 1))
+
+
+def compiled_program(opt, n: int) -> dict:
+    """What XLA compiles for ``opt.update`` + ``optax.apply_updates`` (donated, jitted) on
+    one float32 tensor of ``n`` parameters: how many times each HLO op appears, the number
+    of fusions and the bytes the cost model says the step moves. Two steps with equal
+    summaries run the same kernels, whatever their wall times say on a noisy machine."""
+    p = jnp.zeros((n,), jnp.float32)
+    compiled = _optax_step(opt).lower(p, opt.init(p), p).compile()
+    ops: dict[str, int] = {}
+    for op in re.findall(r"= \S+ ([a-z][\w-]*)\(", compiled.as_text()):
+        ops[op] = ops.get(op, 0) + 1
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return {"ops": ops, "fusions": ops.get("fusion", 0), "bytes": cost.get("bytes accessed")}
 
 
 def _torch_adam(n: int, **kw):

@@ -15,7 +15,9 @@ import sys
 import time
 
 import jax
+import optax
 
+import adamjax
 from benchmarks import device, experiment_step, kernels, paths, train, trees
 
 BPP = kernels.BYTES_PER_PARAM
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--only",
         choices=["user-paths", "adamw"],
-        help="run one section: user-paths = the calls users make, at 10M and 50M params; "
+        help="run one section: user-paths = the calls users make, at 1M, 10M and 50M params; "
         "adamw = AdamW's user paths at 50M only",
     )
     args = ap.parse_args(argv)
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
     print(f"machine: {results['machine']}", flush=True)
 
     # 0. The calls users make, side by side --------------------------------------------
-    user_sizes = [10_000_000, 50_000_000]
+    user_sizes = [1_000_000, 10_000_000, 50_000_000]
     if not device.on_cpu():
         user_sizes = [50_000_000, 200_000_000]
     only = "adamw" if args.only == "adamw" else None
@@ -105,6 +107,17 @@ def main(argv=None) -> int:
                 ratio,
                 f"{BPP * n / s / 1e9:5.1f} GB/s at 28 B/param",
             )
+    # The chain adamjax.adam builds against optax.adam, as compiled (not timed).
+    n = user_sizes[-1]
+    ours, theirs = (kernels.compiled_program(o, n) for o in (adamjax.adam(1e-3), optax.adam(1e-3)))
+    results["user_path_program"] = {"n": n, "adamjax.adam": ours, "optax.adam": theirs}
+    row(
+        f"user path {n // 1_000_000}M program",
+        "adamjax.adam vs optax.adam",
+        "same HLO ops" if ours == theirs else "ops DIFFER",
+        f"{ours['fusions']} vs {theirs['fusions']} fusions",
+        f"{ours['bytes'] / n:.0f} vs {theirs['bytes'] / n:.0f} B/param (XLA's cost model)",
+    )
     if args.only in ("user-paths", "adamw"):
         return _finish(args, results, rows, t_start)
 
