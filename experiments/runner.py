@@ -27,6 +27,7 @@ from experiments import batching, parallel, results, search
 from experiments.checkpoint import Checkpointer
 from experiments.config import ExperimentConfig
 from experiments.data import image_shape
+from experiments.ledger import EpochLedger
 from experiments.optimizers import OPTIMIZERS
 from experiments.tasks import make_task
 from experiments.train import Job, bytes_per_config, initial_states, train_chunk
@@ -109,9 +110,10 @@ class _Trainer:
     train and in ``done/<variant>/<opt>/<tag>chunk<k>.npz`` once finished.
     """
 
-    def __init__(self, out, variant, opt_name, vcfg, data, resume, stop_after, mesh):
+    def __init__(self, out, variant, opt_name, vcfg, data, resume, stop_after, mesh, ledger):
         self.out, self.variant, self.opt_name, self.cfg = out, variant, opt_name, vcfg
         self.data, self.resume, self.stop_after, self.mesh = data, resume, stop_after, mesh
+        self.ledger: EpochLedger = ledger
         self.chunks = 0
 
     def _dirs(self, tag: str, k: int) -> tuple[Path, Path]:
@@ -167,6 +169,7 @@ class _Trainer:
                     resume=self.resume or start_from is not None, stop_after=self.stop_after,
                     desc=desc, mesh=self.mesh,
                     init_seeds=None if init_seeds is None else init_seeds[rows],
+                    on_epoch=self.ledger.recorder(f"{self.variant}/{self.opt_name}/{tag}chunk{k}"),
                 )  # fmt: skip
             finally:
                 ckpt.close()
@@ -398,6 +401,7 @@ def run_experiment(
             f"use --devices with a divisor of {cfg.batch_size}"
         )
     _check_resume(out, cfg, resume)
+    ledger = EpochLedger(out, fresh=not resume)
     data_cache: dict = {}
     report: dict[str, Any] = {
         "experiment": cfg.name,
@@ -413,11 +417,12 @@ def run_experiment(
         per_opt = {}
         for opt_name, hps in vcfg.optimizers.items():
             t0 = time.perf_counter()
-            trainer = _Trainer(out, variant, opt_name, vcfg, data, resume, stop_after, mesh)
+            trainer = _Trainer(out, variant, opt_name, vcfg, data, resume, stop_after, mesh, ledger)
             g, merged, record = _search(trainer, optimizer_grid(opt_name, hps), vcfg)
             per_opt[opt_name] = results.summarize(opt_name, g, merged, vcfg, data.n_train)
             per_opt[opt_name]["search"] = record
             per_opt[opt_name]["wall_time_s"] = round(time.perf_counter() - t0, 2)
+            per_opt[opt_name]["train_seconds"] = ledger.totals().get(f"{variant}/{opt_name}", 0.0)
             best = per_opt[opt_name]["best"]
             log(
                 f"{variant}/{opt_name}: {len(g)} configs in {trainer.chunks} chunk(s), "
@@ -427,6 +432,8 @@ def run_experiment(
             )
         report["variants"][variant] = per_opt
     report["wall_time_s"] = round(time.perf_counter() - t_start, 2)
+    # Every session's epochs (wall_time_s is this session's only): experiments/ledger.py.
+    report["train_seconds"] = ledger.totals()[""]
     results.annotate(report)
     results.write(out, report)
     if plot:

@@ -10,6 +10,7 @@ checkpoints and returns the curves.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, overload
@@ -237,6 +238,7 @@ def train_chunk(
     desc: str = ...,
     mesh: Mesh | None = ...,
     init_seeds: np.ndarray | None = ...,
+    on_epoch: Callable[[int, float], None] | None = ...,
 ) -> dict[str, np.ndarray]: ...
 
 
@@ -253,6 +255,7 @@ def train_chunk(
     desc: str = ...,
     mesh: Mesh | None = ...,
     init_seeds: np.ndarray | None = ...,
+    on_epoch: Callable[[int, float], None] | None = ...,
 ) -> dict[str, np.ndarray] | None: ...
 
 
@@ -268,6 +271,7 @@ def train_chunk(
     desc: str = "",
     mesh: Mesh | None = None,
     init_seeds: np.ndarray | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> dict[str, np.ndarray] | None:
     """Train the configs ``hp`` (arrays of equal length N) together; return their curves.
 
@@ -279,6 +283,9 @@ def train_chunk(
     ``data`` must be replicated on it (:func:`experiments.parallel.replicate`); each
     minibatch is split over its devices. ``None``: one device, no sharding at all.
     ``init_seeds``: per-config parameter-init seeds (see :func:`initial_states`).
+    ``on_epoch(epoch, seconds)`` is called after each finished epoch (1-based, checkpoint
+    written) with its wall time: training, test evaluation and checkpoint
+    (:mod:`experiments.ledger`).
     """
     n = len(config_ids)
     hparams: dict[str, jax.Array] = {k: jnp.asarray(v) for k, v in hp.items()}
@@ -313,6 +320,7 @@ def train_chunk(
     )
     try:
         for epoch in range(start, job.epochs):
+            t_epoch = time.perf_counter()
             state, losses = epoch_fn(
                 state, keys, hparams, jnp.int32(epoch), data.x_train, data.y_train
             )
@@ -327,6 +335,8 @@ def train_chunk(
                 done % job.checkpoint_every == 0 or done == job.epochs
             ):
                 checkpointer.save(done, {"state": state, "hist": hist})
+            if on_epoch is not None:
+                on_epoch(done, time.perf_counter() - t_epoch)
             finite = hist["epoch_loss"][:, epoch][np.isfinite(hist["epoch_loss"][:, epoch])]
             bar.set_postfix(best=f"{finite.min():.4g}" if finite.size else "nan")
             bar.update(1)

@@ -1,6 +1,7 @@
 """The step-size search: staged selection, continuation and self-bracketing grids."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -141,6 +142,30 @@ def test_a_staged_run_resumed_mid_stage_equals_the_uninterrupted_one_bit_for_bit
         with np.load(tmp_path / "cut/done/main/adam/final_chunk0.npz") as b:
             for key in a:
                 np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # The ledger of training time: the two sessions together timed each epoch of each chunk
+    # once, as the uninterrupted run did, and the report sums them (not only the last session).
+    timed = {run: _ledger(tmp_path / run) for run in ("whole", "cut")}
+    assert sorted(timed["cut"]) == sorted(timed["whole"])
+    chunks = {c for c, _ in timed["whole"]}
+    assert {"main/adam/chunk0", "main/adam/final_chunk0", "main/sgd/chunk0"} <= chunks
+    for run, report in (("whole", whole), ("cut", resumed)):
+        seconds = timed[run].values()
+        assert report["train_seconds"] == pytest.approx(sum(seconds), abs=0.1)
+        assert all(s > 0 for s in seconds)
+        per_opt = report["variants"]["main"]
+        assert sum(e["train_seconds"] for e in per_opt.values()) == pytest.approx(
+            report["train_seconds"], abs=0.2
+        )
+
+
+def _ledger(run_dir):
+    """``{(chunk, epoch): seconds}`` of a run directory's epoch ledger (each pair once)."""
+    out = {}
+    for line in (run_dir / "epoch_seconds.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        assert (e["chunk"], e["epoch"]) not in out, e
+        out[e["chunk"], e["epoch"]] = e["seconds"]
+    return out
 
 
 @pytest.mark.slow
