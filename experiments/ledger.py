@@ -27,6 +27,10 @@ class EpochLedger:
         self.path = Path(directory) / FILE
         if fresh:
             self.path.unlink(missing_ok=True)
+        elif self.path.is_file() and self.path.read_bytes()[-1:] not in (b"", b"\n"):
+            # A kill mid-write tore the last line: end it, so the next epoch's line stands alone.
+            with self.path.open("a") as f:
+                f.write("\n")
 
     def recorder(self, chunk: str) -> Callable[[int, float], None]:
         """``record(epoch, seconds)`` for one chunk (``variant/optimizer/<tag>chunk<k>``)."""
