@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="folder holding mnist/, fashion_mnist/, cifar10/",
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="train only this variant of the config (repeatable), e.g. one panel of fig2_mlp: "
+        "dropout or deterministic",
+    )
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
     p.add_argument(
         "--train-subset",
@@ -115,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.from_results is not None:
         return _reannotate(args.from_results)
-    from experiments.config import ConfigError, load_config, with_dataset
+    from experiments.config import ConfigError, load_config, only_variants, with_dataset
     from experiments.data import DataError
     from experiments.runner import run_experiment
 
@@ -123,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.name, quick=args.quick)
         if args.dataset:
             cfg = with_dataset(cfg, args.dataset)
+        if args.variant:
+            cfg = only_variants(cfg, args.variant)
         if args.epochs:
             cfg = dataclasses.replace(cfg, epochs=args.epochs)
             cfg = dataclasses.replace(cfg, report_epochs=_report_epochs(cfg))

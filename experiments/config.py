@@ -293,6 +293,26 @@ def with_dataset(cfg: ExperimentConfig, dataset: str) -> ExperimentConfig:
     return cfg
 
 
+def only_variants(cfg: ExperimentConfig, names: list[str]) -> ExperimentConfig:
+    """``cfg`` with only the variants ``names`` (in the config's order), e.g. one panel of a figure.
+
+    A figure whose variants are separate panels (Figure 2's dropout and deterministic costs)
+    can then be trained one panel per run, each its own run directory and ``results.json``.
+    """
+    if not cfg.variants:
+        raise ConfigError(
+            f"--variant {names[0]}: experiment {cfg.name!r} has no variants; leave --variant out"
+        )
+    unknown = [n for n in names if n not in cfg.variants]
+    if unknown:
+        raise ConfigError(
+            f"--variant {unknown[0]}: experiment {cfg.name!r} has no such variant; "
+            f"its variants are {', '.join(cfg.variants)}"
+        )
+    kept = {n: o for n, o in cfg.variants.items() if n in names}
+    return dataclasses.replace(cfg, variants=kept)
+
+
 def available(config_dir: Path = CONFIG_DIR) -> dict[str, str]:
     """``{experiment name: one-line description}`` of the configs in ``config_dir``."""
     out = {}

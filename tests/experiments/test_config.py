@@ -3,7 +3,7 @@
 import pytest
 
 from experiments import cli
-from experiments.config import ConfigError, available, from_dict, load_config
+from experiments.config import ConfigError, available, from_dict, load_config, only_variants
 
 BASE = {"model": "logreg", "epochs": 2, "optimizers": {"adam": {"learning_rate": [1e-3, 1e-2]}}}
 
@@ -94,3 +94,18 @@ def test_a_variant_can_change_an_optimizer_grid():
     raw["variants"]["a"]["optimizers"] = {"adagrad": {"learning_rate": 0.1}}
     with pytest.raises(ConfigError, match="adagrad"):
         from_dict("x", raw)
+
+
+def test_one_panel_of_a_figure_runs_alone(tmp_path, capsys):
+    fig2 = load_config("fig2_mlp")
+    ((name, panel),) = only_variants(fig2, ["deterministic"]).variant_configs()
+    assert name == "deterministic" and panel.weight_decay == 1e-4 and panel.dropout == 0.0
+    both = only_variants(fig2, ["deterministic", "dropout"])
+    assert [n for n, _ in both.variant_configs()] == ["dropout", "deterministic"]
+    with pytest.raises(ConfigError, match="no such variant; its variants are dropout, determin"):
+        only_variants(fig2, ["dropout", "drop"])
+    with pytest.raises(ConfigError, match="'fig1_logreg' has no variants"):
+        only_variants(load_config("fig1_logreg"), ["dropout"])
+    assert cli.main(["fig2_mlp", "--variant", "drop", "--out", str(tmp_path / "r")]) == 2
+    assert "--variant drop: experiment 'fig2_mlp' has no such variant" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
