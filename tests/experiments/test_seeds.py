@@ -67,7 +67,9 @@ def test_seed_zero_of_a_multi_seed_run_is_the_single_seed_run(tmp_path, data_dir
     with np.load(tmp_path / "two/done/main/adam/chunk0.npz") as f:
         both = dict(f)
     assert both["epoch_loss"].shape == (4, 2)
-    np.testing.assert_array_equal(both["epoch_loss"][:2], single["epoch_loss"])
+    # The same streams; only the vmap width differs (4 configs against 2), which may round
+    # differently on some CPUs: equal to float32 rounding, as every width comparison here.
+    np.testing.assert_allclose(both["epoch_loss"][:2], single["epoch_loss"], rtol=2e-5, atol=1e-6)
     assert not np.allclose(both["epoch_loss"][2:], single["epoch_loss"])
     entry = two["variants"]["main"]["adam"]
     assert entry["seeds"] == 2 and one["variants"]["main"]["adam"]["seeds"] == 1
