@@ -286,6 +286,11 @@ def train_chunk(
     ``on_epoch(epoch, seconds)`` is called after each finished epoch (1-based, checkpoint
     written) with its wall time: training, test evaluation and checkpoint
     (:mod:`experiments.ledger`).
+
+    A config whose loss went non-finite has diverged for good (``diverged``); once such
+    configs are an eighth of those still training (:func:`still_training`), they leave the
+    vmapped program at the epoch's end, and their curves stay NaN from there on. The others
+    train on unchanged, in a narrower program.
     """
     n = len(config_ids)
     hparams: dict[str, jax.Array] = {k: jnp.asarray(v) for k, v in hp.items()}
@@ -309,32 +314,46 @@ def train_chunk(
         "test_acc": nan(n, job.epochs),
     }
     start = 0
+    alive = np.ones(n, bool)  # the configs still in the program
     if resume and checkpointer is not None and (latest := checkpointer.latest()) is not None:
         restored = checkpointer.restore(latest, {"state": state, "hist": hist})
         state = jax.tree.map(jnp.asarray, restored["state"])
         hist, start = restored["hist"], latest
+        for e in range(start):  # the same decisions as the uninterrupted run took
+            alive = still_training(alive, hist["iter_loss"][:, : (e + 1) * steps])
+    lanes = (state, keys, hparams)
+    if not alive.all():
+        lanes = _take(lanes, alive)
     if mesh is not None:
-        state, keys, hparams = parallel.replicate((state, keys, hparams), mesh)
+        lanes = parallel.replicate(lanes, mesh)
+    state, keys, hparams = lanes
     bar = tqdm(
         total=job.epochs, initial=start, desc=desc or job.optimizer, unit="epoch", leave=False
     )
     try:
         for epoch in range(start, job.epochs):
+            if not alive.any():
+                break  # every config diverged: nothing left to train
             t_epoch = time.perf_counter()
             state, losses = epoch_fn(
                 state, keys, hparams, jnp.int32(epoch), data.x_train, data.y_train
             )
             test_loss, test_acc, _ = eval_fn(state.params, data.x_test, data.y_test, data.w_test)
             losses = np.asarray(losses)
-            hist["iter_loss"][:, epoch * steps : (epoch + 1) * steps] = losses
-            hist["epoch_loss"][:, epoch] = losses.mean(axis=1)
-            hist["test_loss"][:, epoch] = np.asarray(test_loss)
-            hist["test_acc"][:, epoch] = np.asarray(test_acc)
+            hist["iter_loss"][alive, epoch * steps : (epoch + 1) * steps] = losses
+            hist["epoch_loss"][alive, epoch] = losses.mean(axis=1)
+            hist["test_loss"][alive, epoch] = np.asarray(test_loss)
+            hist["test_acc"][alive, epoch] = np.asarray(test_acc)
             done = epoch + 1
             if checkpointer is not None and (
                 done % job.checkpoint_every == 0 or done == job.epochs
             ):
-                checkpointer.save(done, {"state": state, "hist": hist})
+                checkpointer.save(done, {"state": _full_width(state, alive), "hist": hist})
+            kept = still_training(alive, hist["iter_loss"][:, : done * steps])
+            if not np.array_equal(kept, alive) and kept.any():
+                lanes = _take((state, keys, hparams), kept[alive])
+                state, keys, hparams = lanes if mesh is None else parallel.replicate(lanes, mesh)
+            alive = kept
             if on_epoch is not None:
                 on_epoch(done, time.perf_counter() - t_epoch)
             finite = hist["epoch_loss"][:, epoch][np.isfinite(hist["epoch_loss"][:, epoch])]
@@ -344,18 +363,57 @@ def train_chunk(
                 return None
     finally:
         bar.close()
-    train_nll, _, penalty = eval_fn(
-        state.params, data.x_train_eval, data.y_train_eval, data.w_train_eval
-    )
-    test_loss, test_acc, _ = eval_fn(state.params, data.x_test, data.y_test, data.w_test)
     out = dict(hist)
-    out["final_train_nll"] = np.asarray(train_nll)
-    out["final_train_loss"] = np.asarray(train_nll + penalty)
-    out["final_test_loss"] = np.asarray(test_loss)
-    out["final_test_acc"] = np.asarray(test_acc)
+    for key in ("final_train_nll", "final_train_loss", "final_test_loss", "final_test_acc"):
+        out[key] = np.full(n, np.nan, np.float32)
+    if alive.any():
+        train_nll, _, penalty = eval_fn(
+            state.params, data.x_train_eval, data.y_train_eval, data.w_train_eval
+        )
+        test_loss, test_acc, _ = eval_fn(state.params, data.x_test, data.y_test, data.w_test)
+        out["final_train_nll"][alive] = np.asarray(train_nll)
+        out["final_train_loss"][alive] = np.asarray(train_nll + penalty)
+        out["final_test_loss"][alive] = np.asarray(test_loss)
+        out["final_test_acc"][alive] = np.asarray(test_acc)
     all_finite = np.isfinite(out["iter_loss"]).all(axis=1) & np.isfinite(out["final_train_loss"])
     out["diverged"] = ~all_finite
     return out
+
+
+def still_training(alive: np.ndarray, iter_loss: np.ndarray) -> np.ndarray:
+    """The configs that train on after an epoch: ``alive`` without those whose loss so far
+    (``iter_loss[N, iterations]``) holds a non-finite value, once they are at least an eighth
+    of ``alive`` (so that a lone divergence late in a wide chunk costs no recompilation).
+
+    A diverged config can never be a grid's best (:func:`experiments.results.best_index`),
+    so the epochs it would spend on NaNs are spent on none.
+    """
+    dead = alive & ~np.isfinite(iter_loss).all(axis=1)
+    return alive & ~dead if dead.sum() >= max(1, alive.sum() // 8) else alive
+
+
+def _take(tree: Any, keep: np.ndarray) -> Any:
+    """The rows ``keep`` (a boolean mask) of every array of ``tree``."""
+    idx = jnp.asarray(np.flatnonzero(keep))
+    return jax.tree.map(lambda a: jnp.take(jnp.asarray(a), idx, axis=0), tree)
+
+
+def _full_width(tree: Any, alive: np.ndarray) -> Any:
+    """``tree``'s rows (the configs ``alive``) in place among all configs, NaN or 0 elsewhere:
+    a checkpoint keeps the chunk's shape whichever configs still train."""
+    if alive.all():
+        return tree
+    idx = np.flatnonzero(alive)
+
+    def widen(a):
+        a = np.asarray(a)
+        out = np.zeros((alive.size, *a.shape[1:]), a.dtype)
+        if np.issubdtype(a.dtype, np.floating):
+            out[:] = np.nan
+        out[idx] = a
+        return out
+
+    return jax.tree.map(widen, tree)
 
 
 def bytes_per_config(job: Job, activation_floats: int) -> int:

@@ -1,4 +1,5 @@
-"""Training: vmapped grid == separate runs, NaN isolation, bit-exact resume, killed checkpoint."""
+"""Training: vmapped grid == separate runs, NaN isolation, diverged configs leave the program,
+bit-exact resume, killed checkpoint."""
 
 import dataclasses
 import json
@@ -10,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import train
+from experiments.checkpoint import Checkpointer
 from experiments.config import from_dict
 from experiments.runner import RunInterrupted, run_experiment
 from experiments.tasks import make_task
-from experiments.train import Job, train_chunk
+from experiments.train import Job, still_training, train_chunk
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {
@@ -59,6 +62,66 @@ def test_each_config_has_its_own_rng_stream(job, tiny_data):
     hp = {"learning_rate": np.full(2, 1e-2, np.float32)}
     out = train_chunk(job, tiny_data, hp, np.array([0, 1]))
     assert not np.array_equal(out["iter_loss"][0], out["iter_loss"][1])  # different shuffles
+
+
+def test_still_training_drops_diverged_configs_once_they_are_an_eighth():
+    losses = np.ones((16, 4), np.float32)
+    alive = np.ones(16, bool)
+    losses[3, 2] = np.nan
+    np.testing.assert_array_equal(still_training(alive, losses), alive)  # 1 of 16: kept
+    losses[5, 0] = np.inf
+    expected = alive.copy()
+    expected[[3, 5]] = False
+    np.testing.assert_array_equal(still_training(alive, losses), expected)  # 2 of 16: dropped
+    np.testing.assert_array_equal(still_training(expected, losses), expected)  # stays dropped
+    small = np.array([[1.0, np.nan], [1.0, 1.0]], np.float32)
+    np.testing.assert_array_equal(still_training(np.ones(2, bool), small), [False, True])
+
+
+def _spy_widths(monkeypatch) -> list[int]:
+    """The config count of every epoch program train_chunk runs."""
+    widths: list[int] = []
+    make = train.make_epoch_fn
+
+    def spying(*args, **kwargs):
+        fn = make(*args, **kwargs)
+        return lambda state, keys, *rest: (widths.append(len(keys)), fn(state, keys, *rest))[1]
+
+    monkeypatch.setattr(train, "make_epoch_fn", spying)
+    return widths
+
+
+DIVERGING = {"learning_rate": np.array([1e-3, 1e30, 1e-2], np.float32)}  # the middle one diverges
+
+
+def test_a_diverged_config_leaves_the_program_and_the_rest_train_on(job, tiny_data, monkeypatch):
+    job = dataclasses.replace(job, epochs=3)
+    ids = np.arange(3)
+    widths = _spy_widths(monkeypatch)
+    pruned = train_chunk(job, tiny_data, DIVERGING, ids)
+    assert widths == [3, 2, 2]  # the NaN config trains its first epoch only
+    assert pruned["diverged"].tolist() == [False, True, False]
+    assert np.isnan(pruned["iter_loss"][1, 4:]).all() and np.isnan(pruned["final_train_loss"][1])
+    monkeypatch.setattr(train, "still_training", lambda alive, _: alive)  # nobody leaves
+    widths.clear()
+    full = train_chunk(job, tiny_data, DIVERGING, ids)
+    assert widths == [3, 3, 3]
+    for key in ("iter_loss", "test_loss", "test_acc", "final_train_loss", "final_test_acc"):
+        np.testing.assert_allclose(pruned[key][[0, 2]], full[key][[0, 2]], rtol=2e-5, atol=1e-6)
+
+
+def test_resume_after_a_config_left_is_bit_exact(job, tiny_data, tmp_path, monkeypatch):
+    job = dataclasses.replace(job, epochs=3)
+    ids = np.arange(3)
+    widths = _spy_widths(monkeypatch)
+    whole = train_chunk(job, tiny_data, DIVERGING, ids)
+    ckpt = Checkpointer(tmp_path / "ckpt")
+    assert train_chunk(job, tiny_data, DIVERGING, ids, ckpt, stop_after=2) is None
+    widths.clear()
+    resumed = train_chunk(job, tiny_data, DIVERGING, ids, ckpt, resume=True)
+    assert widths == [2]  # the diverged config stays out after the restart
+    for key, value in whole.items():
+        np.testing.assert_array_equal(resumed[key], value, err_msg=key)
 
 
 def _curves(out: Path) -> dict:
