@@ -66,14 +66,20 @@ def scale_by_adadelta(rho: Any = 0.95, eps: Any = 1e-6, *, state_dtype: Any | No
         eg = jax.tree.map(
             lambda g, e: rho * e.astype(rd(g)) + (1 - rho) * abs_sq(g), grads, state.sq_grad
         )
-        d = jax.tree.map(
-            lambda g, e, ed: jnp.sqrt(ed.astype(rd(g)) + eps) / jnp.sqrt(e + eps) * g,
-            grads,
-            eg,
-            state.sq_delta,
-        )
+
+        def direction(g, e, ed):  # d_t from g_t, E[g^2]_t and E[dx^2]_{t-1}
+            return jnp.sqrt(ed.astype(rd(g)) + eps) / jnp.sqrt(e + eps) * g
+
+        d = jax.tree.map(direction, grads, eg, state.sq_delta)
+        # E[dx^2]_t needs d_t as well. Taken from the same operands behind an optimisation
+        # barrier, d_t is recomputed inside that output's loop rather than written out once and
+        # read back by both (XLA:CPU fuses neither root nor division into two consumers): the
+        # same operations on the same values, so the same bits, in fewer passes over memory.
+        again = jax.lax.optimization_barrier((grads, eg))
         ed = jax.tree.map(
-            lambda dd, old: rho * old.astype(rd(dd)) + (1 - rho) * abs_sq(dd), d, state.sq_delta
+            lambda g, e, old: rho * old.astype(rd(g)) + (1 - rho) * abs_sq(direction(g, e, old)),
+            *again,
+            state.sq_delta,
         )
         cast = jax.tree.map(lambda x, old: x.astype(old.dtype), eg, state.sq_grad)
         cast_d = jax.tree.map(lambda x, old: x.astype(old.dtype), ed, state.sq_delta)
