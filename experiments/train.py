@@ -283,9 +283,9 @@ def train_chunk(
     ``data`` must be replicated on it (:func:`experiments.parallel.replicate`); each
     minibatch is split over its devices. ``None``: one device, no sharding at all.
     ``init_seeds``: per-config parameter-init seeds (see :func:`initial_states`).
-    ``on_epoch(epoch, seconds)`` is called after each finished epoch (1-based, checkpoint
-    written) with its wall time: training, test evaluation and checkpoint
-    (:mod:`experiments.ledger`).
+    ``on_epoch(epoch, seconds)`` is called after each finished epoch (1-based, its checkpoint
+    started; it is written while the next epoch trains) with its wall time: training, test
+    evaluation and the checkpoint's host copy (:mod:`experiments.ledger`).
 
     A config whose loss went non-finite has diverged for good (``diverged``); once such
     configs are an eighth of those still training (:func:`still_training`), they leave the
