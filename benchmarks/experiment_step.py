@@ -5,7 +5,8 @@ Figure 2's multilayer network (784-1000-1000-10, batch 128) trained the way
 minibatches, one config), against a *bare* step of the same network in the same kind of scan:
 forward, backward and a plain SGD update, no optimizer state, no dropout, no bookkeeping. The
 ratio is what the experiment's machinery (optimizer, dropout masks, L2, loss history) adds to
-the network's own cost. A second group times the dropout masks alone: :func:`keep_mask`
+the network's own cost, for each of Figure 2's five optimizers in both panels (dropout;
+deterministic with L2). A second group times the dropout masks alone: :func:`keep_mask`
 (bit fields of one threefry draw) against ``jax.random.bernoulli`` (one 32-bit word per unit,
 what ``flax.linen.Dropout`` draws), for the network's three masks.
 
@@ -27,6 +28,7 @@ BATCH = 128
 N_TRAIN = 6400  # 50 steps an epoch
 STEPS = N_TRAIN // BATCH
 VAE_GRID = 12  # Figure 4's continued curves: 2 bias corrections x 2 b1 x 3 b2
+FIG2_OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd_nesterov", "adadelta")  # Figure 2's five
 
 
 def _data():
@@ -70,13 +72,13 @@ def _experiment(task, optimizer: str, x, y, configs: int = 1) -> Callable[[], No
 
     Figure 4's configs differ in ``b1``, ``b2`` and bias correction as its grid does.
     """
-    from experiments import train
+    from experiments import runner, train
 
     single = configs == 1
     epoch = train.make_epoch_fn(task, optimizer, "constant", BATCH, N_TRAIN, single, None)
-    hp = {"learning_rate": jnp.full((configs,), 1e-3)}
-    if optimizer == "sgd_nesterov":
-        hp["momentum"] = jnp.full((configs,), 0.9)
+    # Every hyperparameter an array, defaults filled in, as the runner's grids pass them.
+    grid = runner.optimizer_grid(optimizer, {"learning_rate": 1e-3})
+    hp = {k: jnp.repeat(jnp.asarray(v), configs) for k, v in grid.arrays([0]).items()}
     if task.name == "vae":
         i = np.arange(configs)
         hp["b1"] = jnp.asarray(np.where(i % 2 == 0, 0.9, 0.0))
@@ -123,12 +125,10 @@ def run(repeats: int = 7) -> dict:
     plain = make_task("mlp")
     dropout = make_task("mlp", dropout=0.5, input_dropout=0.2)
     l2 = make_task("mlp", weight_decay=1e-4)
-    step_cases = {
-        "bare fwd+bwd+SGD": _bare(plain, x, y),
-        "fig2 (a) dropout, adam": _experiment(dropout, "adam", x, y),
-        "fig2 (a) dropout, sgd_nesterov": _experiment(dropout, "sgd_nesterov", x, y),
-        "fig2 (b) L2, adam": _experiment(l2, "adam", x, y),
-    }
+    step_cases = {"bare fwd+bwd+SGD": _bare(plain, x, y)}
+    for panel, task in (("(a) dropout", dropout), ("(b) L2", l2)):
+        for opt in FIG2_OPTIMIZERS:
+            step_cases[f"fig2 {panel}, {opt}"] = _experiment(task, opt, x, y)
     bernoulli = lambda k, rate, shape: jax.random.bernoulli(k, 1.0 - rate, shape)
     mask_cases = {
         "jax.random.bernoulli": _masks(bernoulli),
