@@ -34,6 +34,7 @@ from flax.training import train_state
 
 import adamjax
 import adamjax.flax
+import adamjax.rounding  # noqa: F401  (a submodule the package does not import itself)
 from adamjax import checkpoint
 from adamjax.quantize import MIN_QUANTIZED_SIZE, QuantizedArray
 
