@@ -34,9 +34,9 @@ from flax.training import train_state
 
 import adamjax
 import adamjax.flax
-import adamjax.rounding  # noqa: F401  (a submodule the package does not import itself)
 from adamjax import checkpoint
 from adamjax.quantize import MIN_QUANTIZED_SIZE, QuantizedArray
+from adamjax.rounding import stochastic_rounding
 
 # One leaf large enough for 8-bit blocks (3 blocks, the last partial), two small ones.
 BIG = (2, MIN_QUANTIZED_SIZE // 2 + 2)
@@ -54,7 +54,7 @@ FORMATS: dict[str, tuple[Callable[[], Any], Any]] = {
     "int8": (lambda: adamjax.adam(1e-2, state_dtype="int8"), jnp.float32),
     "kahan": (lambda: adamjax.kahan_summation(adamjax.adam(1e-2)), jnp.bfloat16),
     "stochastic_rounding": (
-        lambda: adamjax.rounding.stochastic_rounding(adamjax.adam(1e-2), 7),
+        lambda: stochastic_rounding(adamjax.adam(1e-2), 7),
         jnp.bfloat16,
     ),
 }
