@@ -28,7 +28,6 @@ BATCH = 128
 N_TRAIN = 6400  # 50 steps an epoch
 STEPS = N_TRAIN // BATCH
 VAE_GRID = 12  # Figure 4's continued curves: 2 bias corrections x 2 b1 x 3 b2
-FIG2_OPTIMIZERS = ("adam", "adagrad", "rmsprop", "sgd_nesterov", "adadelta")  # Figure 2's five
 
 
 def _data():
@@ -118,6 +117,7 @@ def _masks(draw) -> Callable[[], None]:
 
 def run(repeats: int = 7) -> dict:
     """Seconds per epoch of each case (median of ``repeats`` interleaved rounds)."""
+    from experiments.config import load_config
     from experiments.models import keep_mask
     from experiments.tasks import make_task
 
@@ -126,8 +126,9 @@ def run(repeats: int = 7) -> dict:
     dropout = make_task("mlp", dropout=0.5, input_dropout=0.2)
     l2 = make_task("mlp", weight_decay=1e-4)
     step_cases = {"bare fwd+bwd+SGD": _bare(plain, x, y)}
+    fig2_optimizers = load_config("fig2_mlp").optimizers  # the five the shipped config trains
     for panel, task in (("(a) dropout", dropout), ("(b) L2", l2)):
-        for opt in FIG2_OPTIMIZERS:
+        for opt in fig2_optimizers:
             step_cases[f"fig2 {panel}, {opt}"] = _experiment(task, opt, x, y)
     bernoulli = lambda k, rate, shape: jax.random.bernoulli(k, 1.0 - rate, shape)
     mask_cases = {
